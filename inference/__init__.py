@@ -1,0 +1,9 @@
+"""Inference engines (installed as ``probcomp.inference``).
+
+Each engine compiles a :class:`probcomp.Scene` once (``engine.compile(scene)``)
+and runs the compiled loop (``engine.run(scene_or_compiled, ...)``).
+"""
+
+from .reverse_diffusion import ReverseDiffusion
+
+__all__ = ["ReverseDiffusion"]

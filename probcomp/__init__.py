@@ -1,0 +1,58 @@
+"""probcomp: compositional generative inference with diffusion-model factors.
+
+Declare a bipartite scene of control variables and observables, plug in score
+factors (learned or analytic) and explicit densities, and run an engine::
+
+    import probcomp as pc
+    from probcomp.inference import ReverseDiffusion
+
+    scene = pc.Scene()
+    x = scene.control("x", shape=(2,))
+    scene.observe("a", x, factor=pc.factors.Gaussian([0.0, 0.0], 1.0))
+    scene.observe("b", x, factor=pc.factors.Gaussian([1.0, 0.0], 0.5))
+    res = ReverseDiffusion(steps=100).run(scene, num_samples=1000, seed=0)
+"""
+
+from . import compose, factors, metrics, ops, schedules
+from ._version import __version__
+from .compiled import CompiledScene
+from .errors import (
+    FactorError,
+    NumericalError,
+    ProbcompError,
+    SceneError,
+    ScheduleError,
+    ShapeError,
+)
+from .results import Result
+from .scene import Scene, Var
+
+__all__ = [
+    "CompiledScene",
+    "FactorError",
+    "NumericalError",
+    "ProbcompError",
+    "Result",
+    "SceneError",
+    "ScheduleError",
+    "Scene",
+    "ShapeError",
+    "Var",
+    "__version__",
+    "compose",
+    "factors",
+    "inference",
+    "metrics",
+    "models",
+    "ops",
+    "schedules",
+]
+
+
+def __getattr__(name: str):
+    # ``pc.models`` and ``pc.inference`` load on first use (they import torch.nn / tqdm).
+    if name in ("models", "inference"):
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,229 @@
+r"""A scene compiled into a target gradient over the control variables.
+
+:class:`CompiledScene` is what every engine runs on.  It is built once per
+scene and engine schedule, and holds
+
+* the control shapes;
+* the *terms*: one ``(observable, leaf factor, weight, fn, parents)`` per factor
+  evaluation, with composed factors (:class:`probcomp.compose.Composite`)
+  expanded into weighted leaves and each control's prior as a term of its own;
+* the *groups*: terms that share one factor object are evaluated in a single
+  batched call (their inputs concatenated along the particle axis);
+* NFE counters per term.
+
+At engine time ``t`` the target is (DESIGN.md, "Semantics")
+
+.. math::
+    \nabla_X \log p_t(X) = \sum_i w_i\, J_{f_i}(X)^\top s_i\big(f_i(X), \tau_i(t)\big),
+
+where ``tau_i`` maps ``t`` to factor ``i``'s own schedule at equal log-SNR.  The
+pull-back is one reverse-mode pass over all non-identity observation functions
+together (``autograd.grad`` with the weighted scores as cotangents); no Jacobian is
+ever formed, and identity observations skip autograd altogether.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+
+from . import ops
+from . import schedules as sched
+from .compose import Composite
+from .errors import NumericalError, SceneError, ShapeError
+from .factors import ScoreFactor
+from .scene import Scene
+
+__all__ = ["CompiledScene", "Target", "Term", "finite_or_raise"]
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted factor evaluation: ``w * log p(fn(*parents))``."""
+
+    key: str
+    observable: str
+    factor: ScoreFactor
+    weight: float
+    fn: ops.Op
+    parents: tuple[str, ...]
+
+
+class Target(NamedTuple):
+    """Gradient of the scene's log-target per control, and the log-target if asked for."""
+
+    grad: dict[str, torch.Tensor]
+    log_p: torch.Tensor | None
+
+
+class CompiledScene:
+    """A validated scene ready for an engine; see the module docstring."""
+
+    def __init__(self, scene: Scene, schedule: sched.Schedule | None = None, *, group: bool = True) -> None:
+        if not isinstance(scene, Scene):
+            raise SceneError(f"expected a probcomp Scene, got {type(scene).__name__}")
+        scene.validate()
+        self.scene = scene
+        self.schedule = schedule if schedule is not None else sched.linear()
+        self.shapes: dict[str, torch.Size] = {n: scene[n]["shape"] for n in scene.controls}
+        self.conditioned: list[str] = [n for n in scene.observables if scene[n]["value"] is not None]
+        terms: list[Term] = []
+        for n in scene.controls:
+            prior = scene[n]["prior_factor"]
+            if prior is not None:
+                terms.append(Term(f"prior:{n}", n, prior, 1.0, ops.identity, (n,)))
+        for n in scene.observables:
+            d = scene[n]
+            if d["value"] is not None:
+                continue
+            f = d["factor"]
+            leaves = list(f.leaves()) if isinstance(f, Composite) else [(f, 1.0)]
+            for k, (leaf, w) in enumerate(leaves):
+                key = n if len(leaves) == 1 else f"{n}[{k}:{leaf.name}]"
+                terms.append(Term(key, n, leaf, d["weight"] * w, d["fn"], d["parents"]))
+        self.terms = tuple(t for t in terms if t.weight != 0.0)
+        by_factor: dict[int, list[Term]] = defaultdict(list)
+        for t in self.terms:
+            by_factor[id(t.factor) if group else id(t)].append(t)
+        self.groups: tuple[tuple[Term, ...], ...] = tuple(tuple(g) for g in by_factor.values())
+        self.nfe: dict[str, int] = {t.key: 0 for t in self.terms}
+        self.calls = 0
+
+    # Counters -----------------------------------------------------------------------
+    def reset_counters(self) -> None:
+        self.nfe = {k: 0 for k in self.nfe}
+        self.calls = 0
+
+    @property
+    def nfe_total(self) -> int:
+        return sum(self.nfe.values())
+
+    @property
+    def has_energy(self) -> bool:
+        return all(t.factor.has_energy for t in self.terms)
+
+    def require_value_observables(self, engine: str) -> None:
+        """Raise if the scene has conditioned observables an engine cannot move."""
+        if self.conditioned:
+            raise SceneError(
+                f"{engine} moves controls through observation values; observables "
+                f"{self.conditioned} are given data with controls as conditions "
+                "(use ConceptInversion for those)"
+            )
+
+    # State helpers ------------------------------------------------------------------
+    def noise(
+        self, n: int, generator: torch.Generator, *, dtype: torch.dtype, device: torch.device | str
+    ) -> dict[str, torch.Tensor]:
+        """Standard normal draws for every control, shape ``(n, *shape)``."""
+        return {
+            k: torch.randn((n, *s), generator=generator, dtype=dtype, device=device)
+            for k, s in self.shapes.items()
+        }
+
+    def check_state(self, x: dict[str, torch.Tensor]) -> int:
+        """Validate a state dict; return the number of particles."""
+        if set(x) != set(self.shapes):
+            raise SceneError(f"state has variables {sorted(x)}, the scene's controls are {sorted(self.shapes)}")
+        n = None
+        for k, v in x.items():
+            if not isinstance(v, torch.Tensor) or v.shape[1:] != self.shapes[k]:
+                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise ShapeError(f"control {k!r}: expected (N, {tuple(self.shapes[k])}), got {got}")
+            if n is not None and v.shape[0] != n:
+                raise ShapeError(f"control {k!r} has {v.shape[0]} particles, others have {n}")
+            n = v.shape[0]
+        return int(n)
+
+    # The target ---------------------------------------------------------------------
+    def factor_time(self, factor: ScoreFactor, t: Any) -> Any:
+        """Engine time ``t`` in ``factor``'s own schedule (equal log-SNR)."""
+        if factor.schedule == self.schedule:
+            return t
+        return sched.match(t, self.schedule, factor.schedule)
+
+    def target(self, x: dict[str, torch.Tensor], t: Any, *, energy: bool = False) -> Target:
+        """``grad_X log p_t(X)`` per control (and ``log p_t(X)`` if ``energy``).
+
+        ``t`` is engine time: a float, or a tensor with one value per particle.
+        Raises :class:`NumericalError` naming the factor and level if any score
+        or energy is not finite.
+        """
+        n = next(iter(x.values())).shape[0]
+        grads = {k: torch.zeros_like(v) for k, v in x.items()}
+        ref = next(iter(x.values()))
+        log_p = torch.zeros(n, dtype=ref.dtype, device=ref.device) if energy else None
+        xg: dict[str, torch.Tensor] = {}
+        outs: list[torch.Tensor] = []
+        cots: list[torch.Tensor] = []
+        for group in self.groups:
+            factor = group[0].factor
+            ys = []
+            for term in group:
+                if term.fn.is_identity:
+                    ys.append(x[term.parents[0]])
+                    continue
+                for p in term.parents:
+                    if p not in xg:
+                        xg[p] = x[p].detach().requires_grad_(True)
+                with torch.enable_grad():
+                    ys.append(term.fn(*[xg[p] for p in term.parents]))
+            y = torch.cat([v.detach() for v in ys]) if len(ys) > 1 else ys[0].detach()
+            tf = self.factor_time(factor, t)
+            if isinstance(tf, torch.Tensor) and tf.ndim == 1 and len(group) > 1:
+                tf = tf.repeat(len(group))
+            if energy:
+                s, e = factor.score_and_energy(y, tf)
+            else:
+                s, e = factor.score(y, tf), None
+            self.calls += 1
+            self._check_finite(s, e, group, t)
+            for k, (term, yk) in enumerate(zip(group, ys, strict=True)):
+                self.nfe[term.key] += factor.cost
+                sk = s[k * n : (k + 1) * n] if len(group) > 1 else s
+                ws = sk if term.weight == 1.0 else term.weight * sk
+                if term.fn.is_identity:
+                    grads[term.parents[0]] += ws
+                else:
+                    outs.append(yk)
+                    cots.append(ws)
+                if log_p is not None:
+                    ek = e[k * n : (k + 1) * n] if len(group) > 1 else e
+                    log_p -= term.weight * ek
+        if outs:
+            names = list(xg)
+            pulled = torch.autograd.grad(outs, [xg[k] for k in names], grad_outputs=cots, allow_unused=True)
+            for k, g in zip(names, pulled, strict=True):
+                if g is not None:
+                    grads[k] += g
+        return Target(grads, log_p)
+
+    def _check_finite(self, s: torch.Tensor, e: torch.Tensor | None, group: tuple[Term, ...], t: Any) -> None:
+        bad = not bool(torch.isfinite(s).all())
+        what = "score"
+        if not bad and e is not None and not bool(torch.isfinite(e).all()):
+            bad, what = True, "energy"
+        if bad:
+            tv = float(t) if not isinstance(t, torch.Tensor) or t.numel() == 1 else float(t.max())
+            obs = ", ".join(repr(term.key) for term in group)
+            raise NumericalError(
+                f"{what} of factor {group[0].factor.name!r} (observable {obs}) is not finite at "
+                f"noise level t={tv:.4g} (log-SNR {float(self.schedule.log_snr(tv)):.3g})"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledScene({len(self.shapes)} controls, {len(self.terms)} terms in "
+            f"{len(self.groups)} batched calls, schedule={self.schedule!r})"
+        )
+
+
+def finite_or_raise(x: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`NumericalError` if any control state is not finite."""
+    for k, v in x.items():
+        if not bool(torch.isfinite(v).all()):
+            raise NumericalError(f"state of control {k!r} is not finite {where}")
+

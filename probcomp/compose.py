@@ -1,0 +1,196 @@
+r"""Composition operators.
+
+Linear operators are sugar over observation weights: they build a
+:class:`Composite`, whose score is ``sum_k w_k s_k``, and the compiled scene
+expands it into one weighted term per factor (so factors that share a network
+are still evaluated in one batched call).  With the target of a scene
+
+.. math:: \log p(X) = \log \mathrm{prior}(X) + \sum_i w_i \log p_i(f_i(X)),
+
+* ``product(p_1, ..., p_k)``               -- all ``w = 1``;
+* ``weighted([p_i], [w_i])``               -- any real weights;
+* ``projective(p_1..p_k, background=p_b)`` -- Bradley et al. Def. 5.1 / Eq. 6:
+  ``s_b + sum_i (s_i - s_b)``, i.e. weight ``1 - k`` on the background;
+* ``guidance(cond, uncond, scale=g)``      -- ``(1 + g) s_c - g s_u``;
+* ``negation(p, q, scale=g)``              -- ``E_p - g E_q`` (weights ``1, -g``).
+
+The mixture is not linear in scores; it needs normalised energies:
+
+* ``mixture([p_k], [pi_k])`` -- ``E = -logsumexp_k(log pi_k - E_k)`` and
+  ``s = sum_k softmax_k(log pi_k - E_k) s_k``.  Because the forward noising is
+  linear, the noised mixture is the mixture of the noised factors, so this is
+  exact at every ``t`` when the ``E_k`` are normalised (as analytic factors' are).
+
+Every factor's time argument is in its own schedule; composed factors map
+their time to each part's schedule by matching log-SNR (:func:`probcomp.schedules.match`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from . import schedules as sched
+from .errors import FactorError
+from .factors.base import ScoreFactor
+
+__all__ = [
+    "Composite",
+    "Mixture",
+    "guidance",
+    "mixture",
+    "negation",
+    "product",
+    "projective",
+    "weighted",
+]
+
+
+def _check_same_event(factors: Sequence[ScoreFactor], op: str) -> torch.Size:
+    if not factors:
+        raise FactorError(f"{op} needs at least one factor")
+    for f in factors:
+        if not isinstance(f, ScoreFactor):
+            raise FactorError(f"{op}: {f!r} is not a probcomp factor")
+    shape = factors[0].event_shape
+    for f in factors[1:]:
+        if f.event_shape != shape:
+            raise FactorError(
+                f"{op}: factor {f.name!r} has event shape {tuple(f.event_shape)}, but "
+                f"{factors[0].name!r} has {tuple(shape)}"
+            )
+    return shape
+
+
+def _at(factor: ScoreFactor, t: Any, schedule: sched.Schedule) -> Any:
+    """Time ``t`` of ``schedule`` expressed in ``factor``'s own schedule."""
+    return t if factor.schedule == schedule else sched.match(t, schedule, factor.schedule)
+
+
+class Composite(ScoreFactor):
+    """A weighted sum of factor scores, ``sum_k w_k s_k`` (and energies, where all have one)."""
+
+    def __init__(
+        self,
+        factors: Sequence[ScoreFactor],
+        weights: Sequence[float],
+        *,
+        name: str | None = None,
+        schedule: sched.Schedule | None = None,
+    ) -> None:
+        factors = list(factors)
+        weights = [float(w) for w in weights]
+        shape = _check_same_event(factors, name or "composite")
+        if len(weights) != len(factors):
+            raise FactorError(f"{name or 'composite'}: {len(factors)} factors but {len(weights)} weights")
+        if not all(torch.isfinite(torch.tensor(weights))):
+            raise FactorError(f"{name or 'composite'}: weights must be finite, got {weights}")
+        super().__init__(shape, schedule or factors[0].schedule, name or "composite")
+        self.terms: list[tuple[ScoreFactor, float]] = list(zip(factors, weights, strict=True))
+
+    def leaves(self, weight: float = 1.0) -> Iterator[tuple[ScoreFactor, float]]:
+        """The non-composite factors with their total weights (nested composites flattened)."""
+        for f, w in self.terms:
+            if isinstance(f, Composite):
+                yield from f.leaves(weight * w)
+            else:
+                yield f, weight * w
+
+    @property
+    def cost(self) -> int:  # type: ignore[override]
+        return sum(f.cost for f, _ in self.leaves())
+
+    @property
+    def has_energy(self) -> bool:
+        return all(f.has_energy for f, _ in self.leaves())
+
+    def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        return sum(w * f.score(y, _at(f, t, self.schedule)) for f, w in self.leaves())
+
+    def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        if not self.has_energy:
+            missing = [f.name for f, _ in self.leaves() if not f.has_energy]
+            raise FactorError(f"composite {self.name!r}: factors {missing} have no energy")
+        return sum(w * f.energy(y, _at(f, t, self.schedule)) for f, w in self.leaves())
+
+
+class Mixture(ScoreFactor):
+    """``sum_k pi_k p_k``, from normalised energies (see the module docstring)."""
+
+    def __init__(
+        self,
+        factors: Sequence[ScoreFactor],
+        weights: Sequence[float] | None = None,
+        *,
+        name: str | None = None,
+        schedule: sched.Schedule | None = None,
+    ) -> None:
+        factors = list(factors)
+        shape = _check_same_event(factors, name or "mixture")
+        for f in factors:
+            if not f.has_energy:
+                raise FactorError(f"mixture needs energies; factor {f.name!r} has none")
+        w = torch.full((len(factors),), 1.0 / len(factors)) if weights is None else torch.as_tensor(weights)
+        w = w.to(torch.float64)
+        if w.shape != (len(factors),) or not torch.all(w > 0):
+            raise FactorError(f"mixture weights must be {len(factors)} positive numbers, got {weights}")
+        super().__init__(shape, schedule or factors[0].schedule, name or "mixture")
+        self.factors = factors
+        self.log_weights = (w / w.sum()).log()
+
+    @property
+    def cost(self) -> int:  # type: ignore[override]
+        return sum(f.cost for f in self.factors)
+
+    def _parts(self, y: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, logits = [], []
+        for f, lw in zip(self.factors, self.log_weights, strict=True):
+            s, e = f.score_and_energy(y, _at(f, t, self.schedule))
+            scores.append(s)
+            logits.append(lw.to(y.dtype) - e)
+        return torch.stack(scores, 1), torch.stack(logits, 1)
+
+    def score_and_energy(self, y: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, logits = self._parts(y, t)
+        r = torch.softmax(logits, 1).reshape(*logits.shape, *([1] * (y.ndim - 1)))
+        return (r * scores).sum(1), -torch.logsumexp(logits, 1)
+
+    def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        return self.score_and_energy(y, t)[0]
+
+    def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        return self.score_and_energy(y, t)[1]
+
+
+def product(*factors: ScoreFactor, name: str = "product") -> Composite:
+    """``prod_i p_i``: every weight 1."""
+    return Composite(factors, [1.0] * len(factors), name=name)
+
+
+def weighted(factors: Sequence[ScoreFactor], weights: Sequence[float], *, name: str = "weighted") -> Composite:
+    """``prod_i p_i^{w_i}``."""
+    return Composite(factors, weights, name=name)
+
+
+def projective(*factors: ScoreFactor, background: ScoreFactor, name: str = "projective") -> Composite:
+    """Bradley et al. Def. 5.1: ``C[p_b, p_1..p_k] ∝ p_b prod_i p_i / p_b`` (score Eq. 6)."""
+    if not factors:
+        raise FactorError("projective composition needs at least one factor besides the background")
+    return Composite([background, *factors], [1.0 - len(factors)] + [1.0] * len(factors), name=name)
+
+
+def guidance(cond: ScoreFactor, uncond: ScoreFactor, scale: float, *, name: str = "guidance") -> Composite:
+    """Classifier-free guidance: ``(1 + g) s_c - g s_u``."""
+    return Composite([cond, uncond], [1.0 + scale, -scale], name=name)
+
+
+def negation(positive: ScoreFactor, negative: ScoreFactor, scale: float = 1.0, *, name: str = "negation") -> Composite:
+    """``E_p - g E_q``: keep ``p`` and push away from ``q``."""
+    return Composite([positive, negative], [1.0, -scale], name=name)
+
+
+def mixture(factors: Sequence[ScoreFactor], weights: Sequence[float] | None = None, *, name: str = "mixture") -> Mixture:
+    """``sum_k pi_k p_k`` (needs energies)."""
+    return Mixture(factors, weights, name=name)

@@ -1,0 +1,32 @@
+"""probcomp exceptions.
+
+Every error a user can trigger by writing a scene, passing data or loading a
+file is one of these, and its message names the variable, factor, file or
+noise level at fault.  The CLI prints them as one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class ProbcompError(Exception):
+    """Base class of every error probcomp raises on purpose."""
+
+
+class SceneError(ProbcompError, ValueError):
+    """A scene is malformed: unknown or duplicate names, a non-bipartite edge, an empty scene."""
+
+
+class ShapeError(SceneError):
+    """A tensor or an observation function has the wrong shape for its variable or factor."""
+
+
+class FactorError(ProbcompError, ValueError):
+    """A factor was constructed or used with invalid arguments (e.g. a non-PD covariance)."""
+
+
+class NumericalError(ProbcompError, FloatingPointError):
+    """A score, energy or state became NaN or infinite; the message names the factor and level."""
+
+
+class ScheduleError(ProbcompError, ValueError):
+    """A noise schedule or time grid is invalid."""

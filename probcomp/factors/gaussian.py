@@ -1,0 +1,278 @@
+r"""Analytic Gaussian and Gaussian-mixture factors: the ground truth of every test.
+
+Under the VP forward process a mixture stays a mixture with the same weights,
+
+.. math::  p_t(y) = \sum_k w_k\, \mathcal N\big(y;\ \alpha_t \mu_k,\ \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big),
+
+so the noised log-density, score and energy are exact at every ``t``.  Each
+covariance is stored by its eigendecomposition ``Sigma_k = U_k diag(lam_k) U_k^T``,
+which makes the noised covariance ``U_k diag(abar lam_k + 1 - abar) U_k^T``
+(inverse and log-determinant included) free at any noise level.
+
+:func:`exact_product` gives the exact (weighted) product of Gaussian mixtures as
+another mixture, the reference every composition test samples from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .. import schedules as sched
+from ..errors import FactorError
+from .base import ScoreFactor, as_time, check_event
+
+__all__ = ["Gaussian", "GaussianMixture", "exact_product"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianMixture(ScoreFactor):
+    """``sum_k w_k N(mu_k, Sigma_k)`` with exact noised score, energy and samples.
+
+    Args:
+        means: ``(K, d)`` component means.
+        scales: ``(K,)`` isotropic standard deviations, ``(K, d)`` diagonal standard
+            deviations, or ``(K, d, d)`` full covariance matrices.
+        weights: ``(K,)`` positive mixture weights (normalised here); uniform if None.
+        event_shape: shape of one observation if not ``(d,)`` (e.g. an image);
+            ``prod(event_shape)`` must equal ``d``.
+        schedule: the schedule the factor's time argument refers to.
+    """
+
+    def __init__(
+        self,
+        means: Any,
+        scales: Any,
+        weights: Any = None,
+        *,
+        event_shape: Sequence[int] | None = None,
+        schedule: sched.Schedule | None = None,
+        name: str | None = None,
+    ) -> None:
+        who = name or type(self).__name__
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.ndim != 2:
+            raise FactorError(f"{who}: means must be (K, d), got shape {tuple(means.shape)}")
+        k, d = means.shape
+        scales = torch.as_tensor(scales, dtype=torch.float64)
+        if weights is None:
+            weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (k,) or not torch.all(weights > 0) or not torch.isfinite(weights).all():
+            raise FactorError(f"{who}: weights must be {k} positive finite numbers, got {weights}")
+        if not torch.isfinite(means).all() or not torch.isfinite(scales).all():
+            raise FactorError(f"{who}: means and scales must be finite")
+        if scales.shape == (k,):
+            if not torch.all(scales > 0):
+                raise FactorError(f"{who}: standard deviations must be positive")
+            evals, evecs = (scales**2)[:, None].expand(k, d).clone(), None
+        elif scales.shape == (k, d):
+            if not torch.all(scales > 0):
+                raise FactorError(f"{who}: standard deviations must be positive")
+            evals, evecs = scales**2, None
+        elif scales.shape == (k, d, d):
+            if not torch.allclose(scales, scales.transpose(-1, -2), atol=1e-10, rtol=1e-8):
+                raise FactorError(f"{who}: covariance matrices must be symmetric")
+            evals, evecs = torch.linalg.eigh(scales)
+            if not torch.all(evals > 0):
+                raise FactorError(f"{who}: covariance matrices must be positive definite")
+        else:
+            raise FactorError(
+                f"{who}: scales must be (K,)={k}, (K, d)=({k}, {d}) or (K, d, d)=({k}, {d}, {d}), "
+                f"got {tuple(scales.shape)}"
+            )
+        if event_shape is None:
+            event_shape = (d,)
+        if math.prod(event_shape) != d:
+            raise FactorError(f"{who}: event_shape {tuple(event_shape)} does not hold d={d} values")
+        super().__init__(event_shape, schedule, name)
+        self.means = means
+        self.evals = evals
+        self.evecs = evecs
+        self.weights = weights / weights.sum()
+        self._cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+
+    # Parameters --------------------------------------------------------------------
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def covariances(self) -> torch.Tensor:
+        """``(K, d, d)`` covariance matrices."""
+        if self.evecs is None:
+            return torch.diag_embed(self.evals)
+        return self.evecs @ torch.diag_embed(self.evals) @ self.evecs.transpose(-1, -2)
+
+    def _params(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = (like.dtype, like.device)
+        if key not in self._cache:
+            cast = lambda v: None if v is None else v.to(dtype=like.dtype, device=like.device)  # noqa: E731
+            self._cache[key] = (
+                cast(self.means),
+                cast(self.evals),
+                cast(self.evecs),
+                cast(self.weights.log()),
+            )
+        return self._cache[key]
+
+    # Noised density ----------------------------------------------------------------
+    def _components(self, y: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+        """Per-component log-densities ``(N, K)``, whitened residuals and variances at time t."""
+        check_event(y, self.event_shape, f"factor {self.name!r}")
+        mu, lam, u, logw = self._params(y)
+        yf = y.reshape(y.shape[0], -1)
+        abar = self.schedule.abar(as_time(t, y)).to(dtype=y.dtype, device=y.device)  # (N|1, 1)
+        alpha = abar.sqrt()
+        var = abar[..., None] * lam + (1 - abar[..., None])  # (N|1, K, d)
+        z = yf[:, None, :] - alpha[..., None] * mu  # (N, K, d)
+        if u is not None:
+            z = torch.einsum("nkd,kde->nke", z, u)
+        maha = (z * z / var).sum(-1)
+        logdet = var.log().sum(-1)
+        logn = logw - 0.5 * (maha + logdet + self.dim * _LOG_2PI)
+        return logn, z, var, u
+
+    def log_prob_t(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        """Exact ``log p_t(y)``, shape ``(N,)``."""
+        logn, *_ = self._components(y, t)
+        return torch.logsumexp(logn, dim=-1)
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        """Clean ``log p(y)`` (``t = 0``)."""
+        return self.log_prob_t(y, 0.0)
+
+    def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        """``-log p_t(y)``, normalised (so mixtures of factors are exact)."""
+        return -self.log_prob_t(y, t)
+
+    def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        return self.score_and_energy(y, t)[0]
+
+    def score_and_energy(self, y: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        logn, z, var, u = self._components(y, t)
+        lp = torch.logsumexp(logn, dim=-1)
+        resp = torch.softmax(logn, dim=-1)  # (N, K)
+        g = -(z / var) * resp[..., None]  # (N, K, d) in each component's eigenbasis
+        if u is not None:
+            g = torch.einsum("nke,kde->nkd", g, u)
+        return g.sum(1).reshape(y.shape), -lp
+
+    # Sampling ----------------------------------------------------------------------
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """``n`` exact draws of the clean mixture, shape ``(n, *event_shape)``."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = noise * self.evals[comp].sqrt()
+        if self.evecs is not None:
+            x = torch.einsum("nde,ne->nd", self.evecs[comp], x)
+        x = x + self.means[comp]
+        return x.to(dtype).reshape(n, *self.event_shape)
+
+
+class Gaussian(GaussianMixture):
+    """A single Gaussian ``N(mean, Sigma)``.
+
+    ``scale`` is a scalar standard deviation, a ``(d,)`` vector of standard
+    deviations, or a ``(d, d)`` covariance matrix.
+    """
+
+    def __init__(self, mean: Any, scale: Any = 1.0, **kw: Any) -> None:
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        if mean.ndim == 0:
+            mean = mean.reshape(1)
+        d = mean.reshape(-1).shape[0]
+        if "event_shape" not in kw and mean.ndim > 1:
+            kw["event_shape"] = tuple(mean.shape)
+        scale = torch.as_tensor(scale, dtype=torch.float64)
+        if scale.ndim == 0:
+            scale = scale.reshape(1)
+        elif scale.shape == (d,):
+            scale = scale.reshape(1, d)
+        elif scale.shape == (d, d):
+            scale = scale.reshape(1, d, d)
+        else:
+            raise FactorError(
+                f"{kw.get('name') or 'Gaussian'}: scale must be a scalar, ({d},) or ({d}, {d}), "
+                f"got {tuple(scale.shape)}"
+            )
+        super().__init__(mean.reshape(1, d), scale, None, **kw)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.means[0]
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        return self.covariances[0]
+
+
+def exact_product(
+    factors: Sequence[GaussianMixture], weights: Sequence[float] | None = None, **kw: Any
+) -> GaussianMixture:
+    r"""The normalised ``prod_i p_i(y)^{w_i}`` of Gaussian mixtures, as a mixture.
+
+    Mixtures with more than one component need ``w_i = 1`` (a mixture raised to
+    another power is not a mixture); single Gaussians take any real weight, which
+    covers products, weighted products, guidance and the projective composition
+    with a Gaussian background (weight ``1 - k``).  Each combination of components
+    ``(k_1, ..., k_m)`` is a Gaussian with precision ``Lambda = sum_i w_i Lambda_{i,k_i}``,
+    mean ``Lambda^{-1} sum_i w_i Lambda_{i,k_i} mu_{i,k_i}`` and weight proportional to
+
+    .. math:: \prod_i \pi_{i,k_i}^{w_i} \int \prod_i \mathcal N(y; \mu_{i,k_i}, \Sigma_{i,k_i})^{w_i} dy.
+
+    Raises :class:`FactorError` if a combination is not normalisable.
+    """
+    if not factors:
+        raise FactorError("exact_product needs at least one factor")
+    weights = [1.0] * len(factors) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(factors):
+        raise FactorError(f"got {len(factors)} factors but {len(weights)} weights")
+    d = factors[0].dim
+    for f, w in zip(factors, weights, strict=True):
+        if not isinstance(f, GaussianMixture):
+            raise FactorError(f"exact_product needs analytic Gaussian factors, got {f.name!r}")
+        if f.dim != d:
+            raise FactorError(f"factor {f.name!r} has dimension {f.dim}, expected {d}")
+        if f.num_components > 1 and w != 1.0:
+            raise FactorError(
+                f"factor {f.name!r} is a {f.num_components}-component mixture raised to power {w}: "
+                "only single Gaussians may carry a weight other than 1"
+            )
+    grids = torch.cartesian_prod(*[torch.arange(f.num_components) for f in factors])
+    grids = grids.reshape(-1, len(factors))
+    prec = torch.zeros(grids.shape[0], d, d, dtype=torch.float64)
+    h = torch.zeros(grids.shape[0], d, dtype=torch.float64)
+    logc = torch.zeros(grids.shape[0], dtype=torch.float64)
+    for i, (f, w) in enumerate(zip(factors, weights, strict=True)):
+        idx = grids[:, i]
+        cov = f.covariances[idx]
+        p_i = torch.linalg.inv(cov)
+        mu = f.means[idx]
+        prec += w * p_i
+        h += w * torch.einsum("nde,ne->nd", p_i, mu)
+        quad = torch.einsum("nd,nde,ne->n", mu, p_i, mu)
+        logc += w * (f.weights[idx].log() - 0.5 * (quad + torch.logdet(cov) + d * _LOG_2PI))
+    evals = torch.linalg.eigvalsh(prec)
+    if not torch.all(evals > 0):
+        raise FactorError("the weighted product is not normalisable (its precision is not positive definite)")
+    cov = torch.linalg.inv(prec)
+    cov = 0.5 * (cov + cov.transpose(-1, -2))
+    mean = torch.einsum("nde,ne->nd", cov, h)
+    # log of the integral of exp(-1/2 y'Py + h'y): 1/2 h' P^-1 h + d/2 log 2pi - 1/2 logdet P
+    logz = 0.5 * torch.einsum("nd,nd->n", h, mean) + 0.5 * d * _LOG_2PI - 0.5 * torch.logdet(prec)
+    logw = logc + logz
+    kw.setdefault("event_shape", factors[0].event_shape)
+    kw.setdefault("schedule", factors[0].schedule)
+    kw.setdefault("name", "product")
+    return GaussianMixture(mean, cov, torch.softmax(logw, 0).clamp_min(1e-300), **kw)
