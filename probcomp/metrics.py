@@ -28,6 +28,7 @@ from .errors import ShapeError
 
 __all__ = [
     "histogram2d",
+    "median_bandwidth",
     "js_hist",
     "kl_hist",
     "mean_log_likelihood",
@@ -95,7 +96,9 @@ def sliced_w2(x: Any, y: Any, num_projections: int = 256, seed: int = 0) -> floa
     return float(((quantiles(px) - quantiles(py)) ** 2).mean().sqrt())
 
 
-def _median_bandwidth(z: torch.Tensor, max_points: int = 2000) -> float:
+def median_bandwidth(z: Any, max_points: int = 2000) -> float:
+    """RBF bandwidth by the median heuristic: ``h^2 = median_{i<j} ||z_i - z_j||^2 / 2``."""
+    z = _flat(z)
     z = z[:max_points]
     d2 = torch.cdist(z, z).pow(2)
     iu = torch.triu_indices(z.shape[0], z.shape[0], 1)
@@ -117,7 +120,7 @@ def mmd(x: Any, y: Any, bandwidth: float | None = None) -> float:
     n, m = x.shape[0], y.shape[0]
     if n < 2 or m < 2:
         raise ShapeError("mmd needs at least two samples on each side")
-    h = _median_bandwidth(torch.cat([x, y])) if bandwidth is None else float(bandwidth)
+    h = median_bandwidth(torch.cat([x, y])) if bandwidth is None else float(bandwidth)
     if not h > 0:
         raise ShapeError(f"bandwidth must be positive, got {h}")
     k = lambda a, b: torch.exp(-torch.cdist(a, b).pow(2) / (2 * h * h))  # noqa: E731

@@ -153,12 +153,12 @@ class CosineSchedule(Schedule):
 
     def log_snr(self, t: TimeLike) -> torch.Tensor:
         t = _as_t(t).clamp(0.0, 1.0)
-        abar = (self._f(t) / self._f(torch.zeros(()))).clamp(self.abar_min, 1.0)
+        abar = (self._f(t) / self._f(torch.zeros((), dtype=torch.float64))).clamp(self.abar_min, 1.0)
         return torch.log(abar) - torch.log1p(-abar)
 
     def t_of_log_snr(self, lam: TimeLike) -> torch.Tensor:
         abar = torch.sigmoid(_as_t(lam)).clamp(self.abar_min, 1.0)
-        c = torch.sqrt(abar * self._f(torch.zeros(()))).clamp(max=1.0)
+        c = torch.sqrt(abar * self._f(torch.zeros((), dtype=torch.float64))).clamp(max=1.0)
         t = torch.arccos(c) * 2.0 / math.pi * (1.0 + self.s) - self.s
         return t.clamp(0.0, 1.0)
 
