@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene, finite_or_raise
-from probcomp.errors import ScheduleError, SceneError
+from probcomp.errors import SceneError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
@@ -126,7 +126,9 @@ class ReverseDiffusion:
                     x0[k] = (x[k] - s_t * eps_hat) / a_t
                     nxt = a_s * x0[k] + keep * eps_hat
                     if c > 0:
-                        nxt = nxt + c * torch.randn(x[k].shape, generator=gen, dtype=self.dtype, device=self.device)
+                        nxt = nxt + c * torch.randn(
+                            x[k].shape, generator=gen, dtype=self.dtype, device=self.device
+                        )
                     x[k] = nxt
                     norms += g[k].reshape(num_samples, -1).pow(2).sum(1)
                 grad_norm[i] = norms.sqrt().cpu()

@@ -127,7 +127,9 @@ class CompiledScene:
     def check_state(self, x: dict[str, torch.Tensor]) -> int:
         """Validate a state dict; return the number of particles."""
         if set(x) != set(self.shapes):
-            raise SceneError(f"state has variables {sorted(x)}, the scene's controls are {sorted(self.shapes)}")
+            raise SceneError(
+                f"state has variables {sorted(x)}, the scene's controls are {sorted(self.shapes)}"
+            )
         n = None
         for k, v in x.items():
             if not isinstance(v, torch.Tensor) or v.shape[1:] != self.shapes[k]:
@@ -226,4 +228,3 @@ def finite_or_raise(x: dict[str, torch.Tensor], where: str) -> None:
     for k, v in x.items():
         if not bool(torch.isfinite(v).all()):
             raise NumericalError(f"state of control {k!r} is not finite {where}")
-

@@ -169,7 +169,9 @@ def product(*factors: ScoreFactor, name: str = "product") -> Composite:
     return Composite(factors, [1.0] * len(factors), name=name)
 
 
-def weighted(factors: Sequence[ScoreFactor], weights: Sequence[float], *, name: str = "weighted") -> Composite:
+def weighted(
+    factors: Sequence[ScoreFactor], weights: Sequence[float], *, name: str = "weighted"
+) -> Composite:
     """``prod_i p_i^{w_i}``."""
     return Composite(factors, weights, name=name)
 
@@ -186,11 +188,15 @@ def guidance(cond: ScoreFactor, uncond: ScoreFactor, scale: float, *, name: str 
     return Composite([cond, uncond], [1.0 + scale, -scale], name=name)
 
 
-def negation(positive: ScoreFactor, negative: ScoreFactor, scale: float = 1.0, *, name: str = "negation") -> Composite:
+def negation(
+    positive: ScoreFactor, negative: ScoreFactor, scale: float = 1.0, *, name: str = "negation"
+) -> Composite:
     """``E_p - g E_q``: keep ``p`` and push away from ``q``."""
     return Composite([positive, negative], [1.0, -scale], name=name)
 
 
-def mixture(factors: Sequence[ScoreFactor], weights: Sequence[float] | None = None, *, name: str = "mixture") -> Mixture:
+def mixture(
+    factors: Sequence[ScoreFactor], weights: Sequence[float] | None = None, *, name: str = "mixture"
+) -> Mixture:
     """``sum_k pi_k p_k`` (needs energies)."""
     return Mixture(factors, weights, name=name)

@@ -33,7 +33,9 @@ def ring_and_bar() -> tuple[factors.GaussianMixture, factors.Gaussian]:
     return ring, bar
 
 
-def run_demo(num_samples: int = 2000, steps: int = 200, seed: int = 0, png: str | None = None) -> dict[str, Any]:
+def run_demo(
+    num_samples: int = 2000, steps: int = 200, seed: int = 0, png: str | None = None
+) -> dict[str, Any]:
     """Run every method, return the metrics as a JSON-ready dict (and write the PNG)."""
     from probcomp.inference import ReverseDiffusion
 
@@ -93,7 +95,10 @@ def format_table(out: dict[str, Any]) -> str:
     """A plain-text table of :func:`run_demo`'s output."""
     head = f"{'method':<22} {'W2':>7} {'MMD^2':>9} {'mode TV':>8} {'NFE':>5}  mode weights"
     lines = [out["target"], f"n={out['num_samples']}, steps={out['steps']}, seed={out['seed']}", "", head]
-    lines.append(f"{'(true)':<22} {'':>7} {'':>9} {'':>8} {'':>5}  " + " ".join(f"{w:.3f}" for w in out["true_mode_weights"]))
+    lines.append(
+        f"{'(true)':<22} {'':>7} {'':>9} {'':>8} {'':>5}  "
+        + " ".join(f"{w:.3f}" for w in out["true_mode_weights"])
+    )
     for r in out["rows"]:
         lines.append(
             f"{r['method']:<22} {r['w2']:7.4f} {r['mmd2']:9.5f} {r['mode_tv']:8.4f} {r['nfe']:5d}  "

@@ -28,10 +28,10 @@ from .errors import ShapeError
 
 __all__ = [
     "histogram2d",
-    "median_bandwidth",
     "js_hist",
     "kl_hist",
     "mean_log_likelihood",
+    "median_bandwidth",
     "mmd",
     "mode_coverage",
     "mode_weights",
@@ -224,7 +224,11 @@ def mode_coverage(
     """Fraction of modes that receive at least ``min_fraction`` of their true weight."""
     w_hat = mode_weights(samples, means, radius)
     k = w_hat.shape[0]
-    w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    w = (
+        torch.full((k,), 1.0 / k, dtype=torch.float64)
+        if weights is None
+        else torch.as_tensor(weights, dtype=torch.float64)
+    )
     if w.shape != (k,):
         raise ShapeError(f"weights must have one entry per mode ({k}), got {tuple(w.shape)}")
     return float((w_hat >= min_fraction * w / w.sum()).to(torch.float64).mean())

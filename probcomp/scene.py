@@ -140,8 +140,10 @@ class Scene:
             raise SceneError(f"observable {name!r}: psi must be positive and finite, got {psi}")
         if not math.isfinite(weight):
             raise SceneError(f"observable {name!r}: weight must be finite, got {weight}")
-        cond = [] if condition is None else (
-            [condition] if isinstance(condition, (Var, str)) else list(condition)
+        cond = (
+            []
+            if condition is None
+            else ([condition] if isinstance(condition, (Var, str)) else list(condition))
         )
         if value is None and cond:
             raise SceneError(f"observable {name!r}: condition=... needs the observed value=...")

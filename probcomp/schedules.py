@@ -109,8 +109,7 @@ class LinearSchedule(Schedule):
     def __post_init__(self) -> None:
         if not (0 <= self.beta_min < self.beta_max):
             raise ScheduleError(
-                f"linear schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, "
-                f"{self.beta_max}"
+                f"linear schedule needs 0 <= beta_min < beta_max, got {self.beta_min}, {self.beta_max}"
             )
 
     def _integral(self, t: torch.Tensor) -> torch.Tensor:

@@ -3,11 +3,11 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
+from probcomp.models import ModelFactor
 
 import probcomp as pc
 from probcomp import schedules as sched
 from probcomp.factors import ExplicitFactor, Gaussian, GaussianMixture, exact_product, explicit
-from probcomp.models import ModelFactor
 
 torch.set_default_dtype(torch.float32)
 
@@ -213,9 +213,11 @@ def test_model_factor_conversions_on_an_analytic_gaussian(prediction, schedule, 
     def model(y, model_time):
         seen["time"] = model_time
         # invert the model time to the continuous time of the schedule
-        t = model_time.to(torch.float64) / (schedule.num_steps - 1) if isinstance(
-            schedule, sched.DiscreteSchedule
-        ) else model_time.to(torch.float64)
+        t = (
+            model_time.to(torch.float64) / (schedule.num_steps - 1)
+            if isinstance(schedule, sched.DiscreteSchedule)
+            else model_time.to(torch.float64)
+        )
         s = truth.score(y, t)
         a = schedule.alpha(t).reshape(-1, 1).to(y.dtype)
         sg = schedule.sigma(t).reshape(-1, 1).to(y.dtype)

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from probcomp.inference import ReverseDiffusion
 
 import probcomp as pc
 from probcomp.factors import Gaussian, GaussianMixture, exact_product
-from probcomp.inference import ReverseDiffusion
 
 
 def _scene(factor, d):
@@ -130,7 +130,7 @@ def _one_hot_factors(tau=0.05, n=7):
 
 
 def test_projective_with_empty_background_length_generalises():
-    fs, eye = _one_hot_factors()
+    fs, _ = _one_hot_factors()
     pb = Gaussian(torch.zeros(7), 0.05, name="empty")
     comp = pc.compose.projective(fs[0], fs[2], fs[4], fs[6], background=pb)
     xs = ReverseDiffusion(steps=100).run(_scene(comp, 7), 2000, seed=0)["x"]
@@ -158,7 +158,9 @@ def _lemma72(a, q=None, tau=0.02):
     e = torch.eye(4, dtype=torch.float64)
     m0 = torch.stack([e[0], e[2]])
     m1 = torch.stack([a * e[0] + e[1], a * e[2] + e[3]])
-    modes = torch.stack([(1 + a) * e[0] + e[1], e[0] + a * e[2] + e[3], a * e[0] + e[2] + e[1], (1 + a) * e[2] + e[3]])
+    modes = torch.stack(
+        [(1 + a) * e[0] + e[1], e[0] + a * e[2] + e[3], a * e[0] + e[2] + e[1], (1 + a) * e[2] + e[3]]
+    )
     if q is not None:
         m0, m1, modes, cov = m0 @ q.T, m1 @ q.T, modes @ q.T, q @ cov @ q.T
     p0 = GaussianMixture(m0, cov.expand(2, 4, 4), name="p0")

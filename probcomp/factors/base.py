@@ -39,8 +39,7 @@ def check_event(y: torch.Tensor, event_shape: torch.Size, who: str) -> None:
     """Raise a :class:`ShapeError` naming ``who`` unless ``y`` is ``(N, *event_shape)``."""
     if y.ndim != len(event_shape) + 1 or y.shape[1:] != event_shape:
         raise ShapeError(
-            f"{who} expects a batch of shape (N, {', '.join(map(str, event_shape))}), "
-            f"got {tuple(y.shape)}"
+            f"{who} expects a batch of shape (N, {', '.join(map(str, event_shape))}), got {tuple(y.shape)}"
         )
 
 
@@ -199,7 +198,5 @@ def _expand_to(d: Any, shape: tuple[int, ...], who: str) -> Any:
             raise ValueError
         d = d.expand(torch.Size(batch))
     except (ValueError, RuntimeError):
-        raise ShapeError(
-            f"{who}: distribution of shape {full} cannot be broadcast to {shape}"
-        ) from None
+        raise ShapeError(f"{who}: distribution of shape {full} cannot be broadcast to {shape}") from None
     return d.to_event(len(batch)) if len(batch) else d

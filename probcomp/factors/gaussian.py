@@ -2,7 +2,8 @@ r"""Analytic Gaussian and Gaussian-mixture factors: the ground truth of every te
 
 Under the VP forward process a mixture stays a mixture with the same weights,
 
-.. math::  p_t(y) = \sum_k w_k\, \mathcal N\big(y;\ \alpha_t \mu_k,\ \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big),
+.. math::
+    p_t(y) = \sum_k w_k\, \mathcal N\big(y;\ \alpha_t \mu_k,\ \bar\alpha_t \Sigma_k + (1-\bar\alpha_t) I\big),
 
 so the noised log-density, score and energy are exact at every ``t``.  Each
 covariance is stored by its eigendecomposition ``Sigma_k = U_k diag(lam_k) U_k^T``,

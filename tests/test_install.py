@@ -1,0 +1,81 @@
+"""A plain and an editable install of the repository both import (package_dir mapping)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _venv_with_our_dependencies(path: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    py = path / "bin" / "python"
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    # dependencies (torch, pyro, ...) come from the running environment, not from the network
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return py
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("editable", [False, True], ids=["plain", "editable"])
+def test_install_imports(tmp_path, editable):
+    py = _venv_with_our_dependencies(tmp_path / "venv")
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__", "build", ".*_cache")
+    shutil.copytree(REPO, src, ignore=skip)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(py),
+        "install",
+        "-q",
+        "--no-deps",
+        "--no-build-isolation",
+    ]
+    subprocess.run([*cmd, *(["-e"] if editable else []), str(src)], check=True, cwd=tmp_path)
+    code = (
+        "import probcomp, probcomp.inference, probcomp.models;"
+        "from probcomp.inference import ReverseDiffusion;"
+        "print(probcomp.__file__); print(probcomp.inference.__file__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    out = subprocess.run(
+        [str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    pkg, inf = out.stdout.split()
+    if editable:
+        assert Path(pkg).is_relative_to(src) and Path(inf) == src / "inference" / "__init__.py"
+    else:
+        assert "site-packages" in pkg and Path(inf).parent.name == "inference"
+        assert Path(inf).parent.parent.name == "probcomp"  # installed as probcomp.inference
+    cli = subprocess.run(
+        [
+            str(tmp_path / "venv" / "bin" / "probcomp"),
+            "demo",
+            "--samples",
+            "20",
+            "--steps",
+            "3",
+            "--png",
+            "",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert '"rows"' in cli.stdout
