@@ -17,8 +17,13 @@ fi
 stamp="$("$PY" -c 'import sys; print(sys.prefix)')/.probcomp-installed"
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "dev.sh: installing probcomp and its pinned dependencies into $(dirname "$stamp")" >&2
-  "$PY" -m pip install --quiet --upgrade "pip>=23.2" 2>&1 | grep -v "is ignored" >&2 || true
-  "$PY" -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" >&2 || true
+  log="$(mktemp)"
+  if ! "$PY" -m pip install --quiet -e ".[test]" >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "dev.sh: installation failed (log above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
   "$PY" -c "import probcomp.inference, probcomp.models" && touch "$stamp"
 fi
 

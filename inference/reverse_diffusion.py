@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
-from probcomp.compiled import CompiledScene, finite_or_raise
+from probcomp.compiled import CompiledScene
 from probcomp.errors import SceneError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
@@ -106,33 +106,33 @@ class ReverseDiffusion:
         x = compiled.noise(num_samples, gen, dtype=self.dtype, device=self.device)
         lam = self.schedule.log_snr(self.ts)
         abar = torch.sigmoid(lam)
-        alpha, sigma = abar.sqrt(), torch.sigmoid(-lam).sqrt()
+        alpha, sigma = abar.sqrt().tolist(), torch.sigmoid(-lam).sqrt().tolist()
         grad_norm = torch.empty(self.steps, num_samples, dtype=self.dtype)
         start = time.perf_counter()
         levels = tqdm(range(self.steps), desc="reverse diffusion", disable=not self.progress, leave=False)
         with torch.no_grad():
             for i in levels:
                 t = float(self.ts[i])
-                g = compiled.target(x, t).grad
-                a_t, s_t, a_s, s_s = (float(v) for v in (alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]))
+                g = compiled.target(x, t, check=False).grad
+                a_t, s_t, a_s, s_s = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
                 c = 0.0
-                if self.eta > 0 and s_s > 0:
-                    c = self.eta * (s_s**2 / s_t**2 * (1.0 - float(abar[i] / abar[i + 1]))) ** 0.5
+                if self.eta > 0 and s_s > 0:  # DDIM Eq. 16; eta = 1 is the DDPM posterior
+                    c = self.eta * (s_s**2 / s_t**2 * (1.0 - (a_t / a_s) ** 2)) ** 0.5
                 keep = max(s_s**2 - c**2, 0.0) ** 0.5
-                norms = torch.zeros(num_samples, dtype=self.dtype, device=self.device)
-                x0 = {}
-                for k in x:
+                new, x0 = {}, {}
+                for k, xk in x.items():
                     eps_hat = -s_t * g[k]
-                    x0[k] = (x[k] - s_t * eps_hat) / a_t
-                    nxt = a_s * x0[k] + keep * eps_hat
+                    x0[k] = (xk - s_t * eps_hat) / a_t
+                    new[k] = a_s * x0[k] + keep * eps_hat
                     if c > 0:
-                        nxt = nxt + c * torch.randn(
-                            x[k].shape, generator=gen, dtype=self.dtype, device=self.device
+                        new[k] += c * torch.randn(
+                            xk.shape, generator=gen, dtype=self.dtype, device=self.device
                         )
-                    x[k] = nxt
-                    norms += g[k].reshape(num_samples, -1).pow(2).sum(1)
-                grad_norm[i] = norms.sqrt().cpu()
-                finite_or_raise(x, f"after the reverse step at t={t:.4g}")
+                sq = sum(gk.reshape(num_samples, -1).square().sum(1) for gk in g.values())
+                grad_norm[i] = sq.sqrt().cpu()
+                if not all(bool(torch.isfinite(v).all()) for v in new.values()):
+                    compiled.diagnose(x, t, f"in the reverse step at t={t:.4g}")
+                x = new
                 if self.callback is not None:
                     self.callback({"i": i, "t": t, "x": x, "x0_hat": x0, "grad": g})
         wall = time.perf_counter() - start

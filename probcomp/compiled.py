@@ -89,6 +89,8 @@ class CompiledScene:
         for t in self.terms:
             by_factor[id(t.factor) if group else id(t)].append(t)
         self.groups: tuple[tuple[Term, ...], ...] = tuple(tuple(g) for g in by_factor.values())
+        # factors trained on the engine's schedule need no time mapping (checked once, here)
+        self._own_clock = {id(t.factor): t.factor.schedule == self.schedule for t in self.terms}
         self.nfe: dict[str, int] = {t.key: 0 for t in self.terms}
         self.calls = 0
 
@@ -143,16 +145,20 @@ class CompiledScene:
     # The target ---------------------------------------------------------------------
     def factor_time(self, factor: ScoreFactor, t: Any) -> Any:
         """Engine time ``t`` in ``factor``'s own schedule (equal log-SNR)."""
-        if factor.schedule == self.schedule:
+        if self._own_clock.get(id(factor)) or factor.schedule == self.schedule:
             return t
         return sched.match(t, self.schedule, factor.schedule)
 
-    def target(self, x: dict[str, torch.Tensor], t: Any, *, energy: bool = False) -> Target:
+    def target(
+        self, x: dict[str, torch.Tensor], t: Any, *, energy: bool = False, check: bool = True
+    ) -> Target:
         """``grad_X log p_t(X)`` per control (and ``log p_t(X)`` if ``energy``).
 
         ``t`` is engine time: a float, or a tensor with one value per particle.
-        Raises :class:`NumericalError` naming the factor and level if any score
-        or energy is not finite.
+        With ``check`` (the default), raises :class:`NumericalError` naming the
+        factor and level if any score or energy is not finite.  Engines that check
+        their state every step pass ``check=False`` and call :meth:`diagnose` when
+        the state goes bad.
         """
         n = next(iter(x.values())).shape[0]
         grads = {k: torch.zeros_like(v) for k, v in x.items()}
@@ -182,7 +188,8 @@ class CompiledScene:
             else:
                 s, e = factor.score(y, tf), None
             self.calls += 1
-            self._check_finite(s, e, group, t)
+            if check:
+                self._check_finite(s, e, group, t)
             for k, (term, yk) in enumerate(zip(group, ys, strict=True)):
                 self.nfe[term.key] += factor.cost
                 sk = s[k * n : (k + 1) * n] if len(group) > 1 else s
@@ -202,6 +209,20 @@ class CompiledScene:
                 if g is not None:
                     grads[k] += g
         return Target(grads, log_p)
+
+    def diagnose(self, x: dict[str, torch.Tensor], t: Any, where: str) -> None:
+        """Find why a step from state ``x`` at time ``t`` went non-finite; always raises.
+
+        Re-evaluates the target with per-factor checks, so the error names the
+        factor whose score is not finite; if every score is finite, the state
+        itself diverged (e.g. a step too large for the score's scale).
+        """
+        finite_or_raise(x, f"before {where}")
+        self.target(x, t, check=True)
+        raise NumericalError(
+            f"the state became non-finite {where} although every factor's score was finite "
+            "(the update diverged; try more steps)"
+        )
 
     def _check_finite(self, s: torch.Tensor, e: torch.Tensor | None, group: tuple[Term, ...], t: Any) -> None:
         bad = not bool(torch.isfinite(s).all())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -76,7 +77,9 @@ class Result:
         Per-particle statistics become ``sample_stats`` variables; those with a
         level axis get a ``level`` dimension whose coordinate is the noise level ``t``.
         """
-        import arviz as az
+        with warnings.catch_warnings():  # arviz 0.23 announces its 1.0 refactor on import
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz as az
 
         posterior = {k: self._chains(v) for k, v in self.samples.items()}
         dims = {k: [f"{k}_dim_{i}" for i in range(v.ndim - 1)] for k, v in self.samples.items()}

@@ -88,7 +88,7 @@ class Schedule:
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Schedule) and self.config() == other.config()
+        return self is other or (isinstance(other, Schedule) and self.config() == other.config())
 
     def __hash__(self) -> int:
         return hash(repr(self))
@@ -217,6 +217,14 @@ class DiscreteSchedule(Schedule):
 
     def __repr__(self) -> str:
         return f"DiscreteSchedule({self.label!r}, n={self.num_steps})"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, DiscreteSchedule) and torch.equal(self.alphas_cumprod, other.alphas_cumprod)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.num_steps, float(self.alphas_cumprod[0]), float(self.alphas_cumprod[-1])))
 
 
 def linear(beta_min: float = 0.1, beta_max: float = 20.0) -> LinearSchedule:

@@ -3,11 +3,11 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
-from probcomp.models import ModelFactor
 
 import probcomp as pc
 from probcomp import schedules as sched
 from probcomp.factors import ExplicitFactor, Gaussian, GaussianMixture, exact_product, explicit
+from probcomp.models import ModelFactor
 
 torch.set_default_dtype(torch.float32)
 

@@ -1,9 +1,9 @@
 import arviz as az
 import numpy as np
 import torch
-from probcomp.inference import ReverseDiffusion
 
 import probcomp as pc
+from probcomp.inference import ReverseDiffusion
 
 
 def test_to_arviz_posterior_and_sample_stats():

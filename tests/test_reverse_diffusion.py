@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from probcomp.inference import ReverseDiffusion
 
 import probcomp as pc
 from probcomp.factors import Gaussian, GaussianMixture, exact_product
+from probcomp.inference import ReverseDiffusion
 
 
 def _scene(factor, d):

@@ -156,16 +156,24 @@ class GaussianMixture(ScoreFactor):
         return -self.log_prob_t(y, t)
 
     def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
-        return self.score_and_energy(y, t)[0]
+        logn, z, var, u = self._components(y, t)
+        return self._score(logn, z, var, u, y.shape)
 
     def score_and_energy(self, y: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         logn, z, var, u = self._components(y, t)
-        lp = torch.logsumexp(logn, dim=-1)
-        resp = torch.softmax(logn, dim=-1)  # (N, K)
-        g = -(z / var) * resp[..., None]  # (N, K, d) in each component's eigenbasis
+        return self._score(logn, z, var, u, y.shape), -torch.logsumexp(logn, dim=-1)
+
+    @staticmethod
+    def _score(
+        logn: torch.Tensor, z: torch.Tensor, var: torch.Tensor, u: Any, shape: torch.Size
+    ) -> torch.Tensor:
+        """``-sum_k r_k(y) C_k^{-1} (y - alpha mu_k)`` with responsibilities ``r = softmax(logn)``."""
+        g = -(z / var)  # (N, K, d), in each component's eigenbasis
+        if logn.shape[-1] > 1:
+            g = g * torch.softmax(logn, dim=-1)[..., None]
         if u is not None:
             g = torch.einsum("nke,kde->nkd", g, u)
-        return g.sum(1).reshape(y.shape), -lp
+        return g.sum(1).reshape(shape)
 
     # Sampling ----------------------------------------------------------------------
     def sample(
