@@ -161,7 +161,7 @@ class CompiledScene:
         the state goes bad.
         """
         n = next(iter(x.values())).shape[0]
-        grads = {k: torch.zeros_like(v) for k, v in x.items()}
+        grads: dict[str, torch.Tensor | None] = dict.fromkeys(x)
         ref = next(iter(x.values()))
         log_p = torch.zeros(n, dtype=ref.dtype, device=ref.device) if energy else None
         xg: dict[str, torch.Tensor] = {}
@@ -195,7 +195,8 @@ class CompiledScene:
                 sk = s[k * n : (k + 1) * n] if len(group) > 1 else s
                 ws = sk if term.weight == 1.0 else term.weight * sk
                 if term.fn.is_identity:
-                    grads[term.parents[0]] += ws
+                    p = term.parents[0]
+                    grads[p] = ws if grads[p] is None else grads[p] + ws
                 else:
                     outs.append(yk)
                     cots.append(ws)
@@ -207,8 +208,9 @@ class CompiledScene:
             pulled = torch.autograd.grad(outs, [xg[k] for k in names], grad_outputs=cots, allow_unused=True)
             for k, g in zip(names, pulled, strict=True):
                 if g is not None:
-                    grads[k] += g
-        return Target(grads, log_p)
+                    grads[k] = g if grads[k] is None else grads[k] + g
+        out = {k: torch.zeros_like(x[k]) if g is None else g for k, g in grads.items()}
+        return Target(out, log_p)
 
     def diagnose(self, x: dict[str, torch.Tensor], t: Any, where: str) -> None:
         """Find why a step from state ``x`` at time ``t`` went non-finite; always raises.
