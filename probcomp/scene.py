@@ -228,8 +228,8 @@ class Scene:
             raise SceneError("the scene is empty: declare controls with scene.control(...)")
         if not self.controls:
             raise SceneError("the scene has no control variables")
-        if not self.observables:
-            raise SceneError("the scene has no observables: nothing scores the controls")
+        if not self.observables and all(self.graph.nodes[n]["prior"] is None for n in self.controls):
+            raise SceneError("the scene has no observables and no priors: nothing scores the controls")
         for u, v in self.graph.edges:
             if self.graph.nodes[u]["kind"] != CONTROL or self.graph.nodes[v]["kind"] != OBSERVABLE:
                 raise SceneError(f"edge {u!r} -> {v!r} is not control -> observable")

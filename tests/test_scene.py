@@ -74,7 +74,7 @@ def test_empty_and_unscored_scenes():
         pc.Scene().validate()
     sc = pc.Scene()
     sc.control("x", 2)
-    with pytest.raises(pc.SceneError, match="no observables"):
+    with pytest.raises(pc.SceneError, match="no observables and no priors"):
         sc.validate()
     sc2 = pc.Scene()
     x = sc2.control("x", 2)
