@@ -1,9 +1,32 @@
 """Learned score factors (installed as ``probcomp.models``).
 
 * :class:`ModelFactor` wraps any denoising network (eps, x0, v or score
-  prediction, any continuous or discrete VP schedule) as a score factor.
+  prediction, any continuous or discrete VP schedule) as a score factor;
+  :class:`NetworkFactor` is a probcomp network with bindable conditions.
+* :class:`ResMLP` -- the residual-MLP denoiser; :class:`EnergyModel` -- the
+  energy parameterisation (``score = -grad E``).
+* :func:`train` -- noise-matching training with EMA, dropout, resumable state,
+  and the composed objective (dissertation Eq. 5.5).
+* :func:`load` / :func:`save` -- safetensors + JSON checkpoints; :func:`load`
+  also takes a zoo name (``pc.models.load("ring8")``).
 """
 
-from .parameterisation import PREDICTIONS, ModelFactor, to_eps
+from .checkpoint import load, read_config, save
+from .energy import EnergyModel
+from .networks import ResMLP
+from .parameterisation import PREDICTIONS, ModelFactor, NetworkFactor, to_eps
+from .training import TrainResult, train
 
-__all__ = ["PREDICTIONS", "ModelFactor", "to_eps"]
+__all__ = [
+    "PREDICTIONS",
+    "EnergyModel",
+    "ModelFactor",
+    "NetworkFactor",
+    "ResMLP",
+    "TrainResult",
+    "load",
+    "read_config",
+    "save",
+    "to_eps",
+    "train",
+]

@@ -24,7 +24,7 @@ from probcomp import schedules as sched
 from probcomp.errors import FactorError, ShapeError
 from probcomp.factors import ScoreFactor, as_time, check_event
 
-__all__ = ["PREDICTIONS", "ModelFactor", "to_eps"]
+__all__ = ["PREDICTIONS", "ModelFactor", "NetworkFactor", "to_eps"]
 
 PREDICTIONS = ("eps", "x0", "v", "score")
 
@@ -72,7 +72,7 @@ class ModelFactor(ScoreFactor):
         check_event(y, self.event_shape, f"factor {self.name!r}")
         tt = as_time(t, y)
         mt = self.schedule.model_time(tt).reshape(-1).to(dtype=y.dtype, device=y.device)
-        out = self.model(y, mt.expand(y.shape[0]))
+        out = self._predict(y, mt.expand(y.shape[0]))
         if out.shape != y.shape:
             raise ShapeError(
                 f"model of factor {self.name!r} returned shape {tuple(out.shape)} for input {tuple(y.shape)}"
@@ -80,3 +80,77 @@ class ModelFactor(ScoreFactor):
         alpha = self._scale(self.schedule.alpha, t, y)
         sigma = self._scale(self.schedule.sigma, t, y)
         return to_eps(self.prediction, out, y, alpha, sigma)
+
+    def _predict(self, y: torch.Tensor, model_time: torch.Tensor) -> torch.Tensor:
+        """The raw network output at the model's own time (subclasses bind conditions here)."""
+        return self.model(y, model_time)
+
+
+class NetworkFactor(ModelFactor):
+    """A trained network (eps-predicting or :class:`~probcomp.models.energy.EnergyModel`) as a factor.
+
+    Conditions are bound with :meth:`condition`, e.g. ``factor.condition(color=2)``
+    or ``factor.condition(xy=torch.tensor([0.3, 0.7]))``; unbound attributes use
+    their null token.  ``meta`` carries the checkpoint's config (data, steps, loss).
+    """
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        event_shape: Sequence[int],
+        schedule: sched.Schedule,
+        *,
+        cond: dict[str, Any] | None = None,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(net, event_shape, schedule, "eps", name=name or "network")
+        self.net = net.eval()
+        self.cond = dict(cond or {})
+        self.meta = dict(meta or {})
+
+    @property
+    def is_energy(self) -> bool:
+        from .energy import EnergyModel
+
+        return isinstance(self.net, EnergyModel)
+
+    @property
+    def has_energy(self) -> bool:
+        return self.is_energy
+
+    def _predict(self, y: torch.Tensor, model_time: torch.Tensor) -> torch.Tensor:
+        if self.is_energy:
+            return self.net(y, model_time, self.cond).detach()
+        with torch.no_grad():
+            return self.net(y, model_time, self.cond)
+
+    def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        """``E = g(y, t) / sigma(t)`` (see :mod:`probcomp.models.energy`)."""
+        if not self.is_energy:
+            raise FactorError(f"factor {self.name!r} predicts eps and has no energy")
+        check_event(y, self.event_shape, f"factor {self.name!r}")
+        mt = self.schedule.model_time(as_time(t, y)).reshape(-1).to(dtype=y.dtype, device=y.device)
+        with torch.no_grad():
+            g = self.net.potential(y, mt.expand(y.shape[0]), self.cond)
+        return g / self._scale(self.schedule.sigma, t, y).reshape(-1)
+
+    def condition(self, **cond: Any) -> NetworkFactor:
+        """The same network with conditions bound (merged over those already bound)."""
+        merged = {**self.cond, **cond}
+        label = ",".join(f"{k}={_short(v)}" for k, v in cond.items())
+        return NetworkFactor(
+            self.net,
+            self.event_shape,
+            self.schedule,
+            cond=merged,
+            name=f"{self.name}|{label}",
+            meta=self.meta,
+        )
+
+
+def _short(v: Any) -> str:
+    t = torch.as_tensor(v)
+    return (
+        str(t.item()) if t.numel() == 1 else "[" + ",".join(f"{float(u):.3g}" for u in t.flatten()[:4]) + "]"
+    )

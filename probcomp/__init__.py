@@ -13,10 +13,11 @@ factors (learned or analytic) and explicit densities, and run an engine::
     res = ReverseDiffusion(steps=100).run(scene, num_samples=1000, seed=0)
 """
 
-from . import compose, factors, metrics, ops, schedules
+from . import compose, datasets, factors, metrics, ops, schedules
 from ._version import __version__
 from .compiled import CompiledScene
 from .errors import (
+    DataError,
     FactorError,
     NumericalError,
     ProbcompError,
@@ -29,6 +30,7 @@ from .scene import Scene, Var
 
 __all__ = [
     "CompiledScene",
+    "DataError",
     "FactorError",
     "NumericalError",
     "ProbcompError",
@@ -40,6 +42,7 @@ __all__ = [
     "Var",
     "__version__",
     "compose",
+    "datasets",
     "factors",
     "inference",
     "metrics",

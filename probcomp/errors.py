@@ -30,3 +30,7 @@ class NumericalError(ProbcompError, FloatingPointError):
 
 class ScheduleError(ProbcompError, ValueError):
     """A noise schedule or time grid is invalid."""
+
+
+class DataError(ProbcompError, ValueError):
+    """A data set, checkpoint or training input is invalid; the message names the file or set."""

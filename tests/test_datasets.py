@@ -1,0 +1,51 @@
+import math
+
+import pytest
+import torch
+
+import probcomp as pc
+from probcomp import datasets
+
+
+@pytest.mark.parametrize("name", sorted(datasets.DATASETS_2D))
+def test_samples_lie_in_the_support_and_density_is_normalised(name, gen):
+    d = datasets.get(name)
+    x = d.sample(4000, gen)
+    assert x.shape == (4000, 2)
+    assert torch.isfinite(d.log_prob(x)).all()
+    g = torch.linspace(-1.6, 1.6, 641, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    mass = d.log_prob(grid).exp().sum() * (g[1] - g[0]) ** 2
+    assert float(mass) == pytest.approx(1.0, abs=0.02)
+    torch.testing.assert_close(
+        d.sample(50, torch.Generator().manual_seed(3)), d.sample(50, torch.Generator().manual_seed(3))
+    )
+
+
+def test_known_shapes(gen):
+    bar = datasets.bar()
+    x = bar.sample(20_000, gen)
+    assert x[:, 0].abs().max() <= 0.2 and x[:, 1].abs().max() <= 1.0
+    assert float(bar.log_prob(torch.tensor([[0.0, 0.0]]))) == pytest.approx(-math.log(0.8))
+    assert float(bar.log_prob(torch.tensor([[0.3, 0.0]]))) == -math.inf
+    ring = datasets.ring().sample(20_000, gen)
+    assert float(ring.norm(dim=1).mean()) == pytest.approx(0.5, abs=0.01)
+    rot = datasets.rectangles(rotated=True).sample(1000, gen)
+    assert rot[:, 0].abs().max() <= 0.3  # the rotated pair is thin in x
+
+
+def test_coind_toy_leaves_the_held_out_combination_out(gen):
+    x, c = datasets.coind_toy(10_000, gen)
+    assert not bool(((c[:, 0] == 1) & (c[:, 1] == 1)).any())
+    assert len({tuple(r) for r in c.tolist()}) == 3
+    means = torch.stack([x[(c == torch.tensor(k)).all(1)].mean(0) for k in ([0, 0], [0, 1], [1, 0])])
+    torch.testing.assert_close(
+        means, torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0]]), atol=0.02, rtol=0
+    )
+    with pytest.raises(pc.DataError, match="every attribute combination"):
+        datasets.coind_toy(5, gen, held_out=[(-1, -1), (-1, 1), (1, -1), (1, 1)])
+
+
+def test_unknown_dataset():
+    with pytest.raises(pc.DataError, match="unknown data set 'moons'"):
+        datasets.get("moons")

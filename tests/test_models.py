@@ -1,0 +1,154 @@
+"""Networks, energy parameterisation, training, checkpoints (issue 3)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import probcomp as pc
+from probcomp import schedules as sched
+from probcomp.inference import ReverseDiffusion
+from probcomp.models import EnergyModel, NetworkFactor, ResMLP, load, save, train
+from probcomp.models.training import _composed_eps
+
+
+def _gauss_data(n, g):
+    return torch.tensor([0.5, -0.3]) + torch.randn(n, 2, generator=g) * torch.tensor([0.3, 0.15])
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    return ResMLP(2, hidden=64, blocks=2, **kw)
+
+
+@pytest.mark.slow
+def test_a_tiny_model_learns_a_gaussian():
+    res = train(_tiny(), _gauss_data, steps=600, batch=256, lr=3e-3, ema=0.99, seed=0)
+    f = NetworkFactor(res.model, (2,), sched.linear(), name="tiny")
+    sc = pc.Scene()
+    sc.observe("y", sc.control("x", 2), factor=f)
+    xs = ReverseDiffusion(steps=100).run(sc, 4000, seed=0)["x"]
+    torch.testing.assert_close(xs.mean(0), torch.tensor([0.5, -0.3]), atol=0.06, rtol=0)
+    torch.testing.assert_close(xs.std(0), torch.tensor([0.3, 0.15]), atol=0.06, rtol=0)
+    assert res.losses[-1] < res.losses[0]
+
+
+def test_training_is_deterministic_and_resumable(tmp_path):
+    a = train(_tiny(), _gauss_data, steps=40, batch=64, seed=3, log_every=10)
+    b = train(_tiny(), _gauss_data, steps=40, batch=64, seed=3, log_every=10)
+    for pa, pb in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    ck = tmp_path / "state.pt"
+    train(_tiny(), _gauss_data, steps=20, batch=64, seed=3, log_every=10, checkpoint=ck, save_every=10)
+    # a fresh model resumes from step 20 and ends where the uninterrupted run ended
+    c = train(_tiny(), _gauss_data, steps=40, batch=64, seed=3, log_every=10, checkpoint=ck, save_every=10)
+    for pa, pc_ in zip(a.model.state_dict().values(), c.model.state_dict().values(), strict=True):
+        assert torch.equal(pa, pc_)
+    assert c.losses == a.losses
+
+
+@pytest.mark.parametrize("form", ["norm", "residual"])
+def test_energy_score_is_minus_grad_energy(form):
+    torch.set_default_dtype(torch.float64)
+    try:
+        f = NetworkFactor(EnergyModel(_tiny(), form), (2,), sched.linear(), name="e")
+        y = torch.randn(6, 2)
+        for t in (0.05, 0.5):
+            yy = y.clone().requires_grad_(True)
+            with torch.enable_grad():
+                e = f.net.potential(yy, f.schedule.model_time(t).expand(6), None)
+                (g,) = torch.autograd.grad(e.sum(), yy)
+            sigma = float(f.schedule.sigma(t))
+            torch.testing.assert_close(f.score(y, t), -g / sigma, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(f.energy(y, t), e.detach() / sigma, atol=1e-5, rtol=1e-5)
+        assert f.has_energy
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_energy_models_train():
+    res = train(
+        EnergyModel(_tiny(), "norm"), _gauss_data, steps=150, batch=128, lr=3e-3, seed=0, log_every=50
+    )
+    assert res.losses[-1] < 0.6 * res.losses[0]
+
+
+@pytest.mark.slow
+def test_null_token_dropout_gives_a_usable_unconditional_model():
+    def data(n, g):
+        c = torch.randint(2, (n,), generator=g)
+        x = torch.stack([2.0 * c - 1.0, torch.zeros(n)], 1) + 0.15 * torch.randn(n, 2, generator=g)
+        return x, {"c": c}
+
+    res = train(_tiny(attributes={"c": 2}), data, steps=800, batch=256, lr=3e-3, ema=0.99, p_drop=0.3, seed=0)
+    f = NetworkFactor(res.model, (2,), sched.linear(), name="cond")
+    eng = ReverseDiffusion(steps=100)
+
+    def sample(factor):
+        sc = pc.Scene()
+        sc.observe("y", sc.control("x", 2), factor=factor)
+        return eng.run(sc, 2000, seed=1)["x"]
+
+    assert float(sample(f.condition(c=0))[:, 0].mean()) == pytest.approx(-1.0, abs=0.1)
+    assert float(sample(f.condition(c=1))[:, 0].mean()) == pytest.approx(1.0, abs=0.1)
+    uncond = sample(f)[:, 0]  # null token: the mixture of both
+    assert float((uncond > 0).float().mean()) == pytest.approx(0.5, abs=0.1)
+    assert float(uncond.abs().mean()) == pytest.approx(1.0, abs=0.15)
+    assert f.condition(c=1).name == "cond|c=1"
+    with pytest.raises(pc.DataError, match="unknown condition"):
+        f.condition(colour=1).eps(torch.zeros(2, 2), 0.5)
+
+
+def test_composed_objective_sums_concepts_and_respects_the_mask():
+    net = _tiny(continuous={"xy": 2})
+    y, t = torch.randn(5, 2), torch.full((5,), 0.3)
+    c = torch.rand(5, 3, 2)
+    mask = torch.tensor([[True, True, False]] * 5)
+    got = _composed_eps(net, y, t, {"xy": c, "mask": mask})
+    expect = net(y, t, {"xy": c[:, 0]}) + net(y, t, {"xy": c[:, 1]})
+    torch.testing.assert_close(got, expect)
+
+
+def test_checkpoint_round_trip_and_tampering(tmp_path):
+    model = EnergyModel(_tiny(attributes={"a": 3}), "residual")
+    path = save(tmp_path / "m", model, schedule=sched.cosine(), event_shape=(2,), meta={"data": "test"})
+    f = load(tmp_path / "m")
+    assert f.schedule == sched.cosine() and f.is_energy and f.meta["data"] == "test"
+    y = torch.randn(4, 2)
+    ref = NetworkFactor(model, (2,), sched.cosine()).condition(a=1)
+    assert torch.equal(f.condition(a=1).score(y, 0.4), ref.score(y, 0.4))
+    assert torch.equal(load(str(path)).energy(y, 0.4), f.energy(y, 0.4))
+    weights = tmp_path / "m.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # flip bits in a weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(pc.DataError, match=r"m\.safetensors.*SHA-256"):
+        load(tmp_path / "m")
+    weights.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(pc.DataError, match="SHA-256"):
+        load(tmp_path / "m")
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    save(tmp_path / "m", _tiny(), schedule=sched.linear(), event_shape=(2,))
+    cfg = json.loads((tmp_path / "m.json").read_text())
+    # architecture mismatch (with a checksum that matches, so only the shapes disagree)
+    cfg["architecture"]["hidden"] = 32
+    (tmp_path / "bad.json").write_text(json.dumps(cfg))
+    shutil.copy(tmp_path / "m.safetensors", tmp_path / "bad.safetensors")
+    with pytest.raises(pc.DataError, match=r"bad\.safetensors.*do not match the architecture"):
+        load(tmp_path / "bad")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(pc.DataError, match=r"junk\.json.*not valid JSON"):
+        load(tmp_path / "junk")
+    cfg["architecture"]["kind"] = "os.system"
+    (tmp_path / "evil.json").write_text(json.dumps(cfg))
+    shutil.copy(tmp_path / "m.safetensors", tmp_path / "evil.safetensors")
+    with pytest.raises(pc.DataError, match="unknown network kind 'os.system'"):
+        load(tmp_path / "evil")
+    with pytest.raises(pc.DataError, match="no checkpoint 'nothing-here'"):
+        load("nothing-here")
+    (tmp_path / "m.safetensors").unlink()
+    with pytest.raises(pc.DataError, match=r"m\.safetensors.*missing"):
+        load(tmp_path / "m")
