@@ -14,7 +14,7 @@
 from .checkpoint import load, read_config, save
 from .energy import EnergyModel
 from .networks import ResMLP
-from .parameterisation import PREDICTIONS, ModelFactor, NetworkFactor, to_eps
+from .parameterisation import PREDICTIONS, ModelFactor, NetworkFactor, Preconditioned, to_eps
 from .training import TrainResult, train
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "EnergyModel",
     "ModelFactor",
     "NetworkFactor",
+    "Preconditioned",
     "ResMLP",
     "TrainResult",
     "load",

@@ -25,7 +25,7 @@ from probcomp.errors import DataError, ProbcompError
 
 from .energy import FORMS, EnergyModel
 from .networks import build
-from .parameterisation import NetworkFactor
+from .parameterisation import NetworkFactor, Preconditioned
 
 __all__ = ["FORMAT", "ZOO_DIR", "load", "read_config", "resolve", "save"]
 
@@ -48,8 +48,13 @@ def save(
     """Write ``stem.safetensors`` and ``stem.json``; return the JSON path."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
     if isinstance(model, EnergyModel):
         net, param = model.net, f"energy-{model.form}"
+    elif isinstance(model, Preconditioned):
+        net, param, extra = model.net, "eps-precond", {"sigma_data": model.sigma_data}
+        if model.schedule != schedule:
+            raise DataError("the preconditioning schedule differs from the checkpoint's schedule")
     else:
         net, param = model, "eps"
     if not hasattr(net, "config"):
@@ -62,6 +67,7 @@ def save(
         "name": stem.name,
         "architecture": net.config,
         "parameterisation": param,
+        **extra,
         "schedule": schedule.config(),
         "event_shape": list(event_shape),
         "package_version": __version__,
@@ -132,6 +138,8 @@ def load(name_or_path: str | Path) -> NetworkFactor:
     param = cfg["parameterisation"]
     if param == "eps":
         model: torch.nn.Module = net
+    elif param == "eps-precond":
+        model = Preconditioned(net, schedule, float(cfg.get("sigma_data", 0.5)))
     elif param.startswith("energy-") and param[7:] in FORMS:
         model = EnergyModel(net, param[7:])
     else:

@@ -24,7 +24,7 @@ from torch import nn
 
 from probcomp.errors import DataError
 
-__all__ = ["Conditioning", "ResMLP", "TimeEmbedding"]
+__all__ = ["Conditioning", "ResMLP", "TimeEmbedding", "UNet", "build"]
 
 CondDict = dict[str, torch.Tensor]
 
@@ -168,6 +168,102 @@ class ResMLP(nn.Module):
         return self.out(h)
 
 
+def _groups(ch: int) -> int:
+    return next(g for g in (8, 4, 2, 1) if ch % g == 0)
+
+
+class _ConvBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the time/condition embedding added in between."""
+
+    def __init__(self, cin: int, cout: int, emb: int) -> None:
+        super().__init__()
+        self.n1, self.c1 = nn.GroupNorm(_groups(cin), cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.e = nn.Linear(emb, cout)
+        self.n2, self.c2 = nn.GroupNorm(_groups(cout), cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        z = self.c1(self.act(self.n1(h))) + self.e(emb)[:, :, None, None]
+        return self.skip(h) + self.c2(self.act(self.n2(z)))
+
+
+class UNet(nn.Module):
+    """A small U-Net for ``(channels, size, size)`` images (16-32 px, 1-3 channels).
+
+    One convolutional block per resolution (channel multipliers ``mults``), stride-2
+    down-sampling, nearest up-sampling with skip connections, the same time and
+    condition embeddings as :class:`ResMLP`, and a zero-initialised output conv.
+    """
+
+    def __init__(
+        self,
+        channels: int = 3,
+        size: int = 32,
+        base: int = 32,
+        mults: tuple[int, ...] = (1, 2, 2),
+        *,
+        attributes: dict[str, int] | None = None,
+        continuous: dict[str, int] | None = None,
+        time_scale: float = 1000.0,
+    ) -> None:
+        super().__init__()
+        if size % 2 ** (len(mults) - 1):
+            raise DataError(f"UNet: size {size} is not divisible by 2^{len(mults) - 1}")
+        self.config = {
+            "kind": "unet",
+            "channels": channels,
+            "size": size,
+            "base": base,
+            "mults": list(mults),
+            "attributes": dict(attributes or {}),
+            "continuous": dict(continuous or {}),
+            "time_scale": time_scale,
+        }
+        emb = 4 * base
+        self.time = TimeEmbedding(emb, time_scale)
+        self.cond = Conditioning(emb, attributes, continuous)
+        self.inp = nn.Conv2d(channels, base, 3, padding=1)
+        chans = [base * m for m in mults]
+        self.down = nn.ModuleList()
+        self.pool = nn.ModuleList()
+        cin = base
+        for i, c in enumerate(chans):
+            self.down.append(_ConvBlock(cin, c, emb))
+            self.pool.append(nn.Conv2d(c, c, 3, stride=2, padding=1) if i < len(chans) - 1 else nn.Identity())
+            cin = c
+        self.mid = _ConvBlock(cin, cin, emb)
+        self.up = nn.ModuleList()
+        for c in reversed(chans):
+            self.up.append(_ConvBlock(cin + c, c, emb))
+            cin = c
+        self.out = nn.Sequential(
+            nn.GroupNorm(_groups(cin), cin), nn.SiLU(), nn.Conv2d(cin, channels, 3, padding=1)
+        )
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, y: torch.Tensor, t: torch.Tensor, cond: CondDict | None = None) -> torch.Tensor:
+        emb = self.time(t.to(y.dtype).expand(y.shape[0]))
+        if self.cond.is_conditional:
+            emb = emb + self.cond(cond, y.shape[0], y)
+        elif cond:
+            raise DataError(f"this network is unconditional; got conditions {sorted(cond)}")
+        h = self.inp(y)
+        skips = []
+        for block, pool in zip(self.down, self.pool, strict=True):
+            h = block(h, emb)
+            skips.append(h)
+            h = pool(h)
+        h = self.mid(h, emb)
+        for block in self.up:
+            skip = skips.pop()
+            if h.shape[-1] != skip.shape[-1]:
+                h = nn.functional.interpolate(h, size=skip.shape[-2:], mode="nearest")
+            h = block(torch.cat([h, skip], 1), emb)
+        return self.out(h)
+
+
 def build(config: dict[str, Any]) -> nn.Module:
     """A network from its JSON config (no code is executed: only known kinds are built)."""
     cfg = dict(config)
@@ -178,6 +274,16 @@ def build(config: dict[str, Any]) -> nn.Module:
             dim,
             int(cfg.pop("hidden")),
             int(cfg.pop("blocks")),
+            attributes={k: int(v) for k, v in cfg.pop("attributes", {}).items()},
+            continuous={k: int(v) for k, v in cfg.pop("continuous", {}).items()},
+            time_scale=float(cfg.pop("time_scale", 1000.0)),
+        )
+    if kind == "unet":
+        return UNet(
+            int(cfg.pop("channels")),
+            int(cfg.pop("size")),
+            int(cfg.pop("base")),
+            tuple(int(m) for m in cfg.pop("mults")),
             attributes={k: int(v) for k, v in cfg.pop("attributes", {}).items()},
             continuous={k: int(v) for k, v in cfg.pop("continuous", {}).items()},
             time_scale=float(cfg.pop("time_scale", 1000.0)),

@@ -30,6 +30,7 @@ from probcomp.errors import DataError, ProbcompError
 from .checkpoint import ZOO_DIR, load, read_config, save
 from .energy import EnergyModel
 from .networks import ResMLP
+from .parameterisation import Preconditioned
 from .training import train
 
 __all__ = ["RECIPES", "Recipe", "evaluate", "list_models", "train_entry"]
@@ -40,7 +41,8 @@ class Recipe:
     """How a zoo entry is trained."""
 
     data: str
-    parameterisation: str = "eps"
+    parameterisation: str = "eps-precond"
+    sigma_data: float = 0.5
     steps: int = 4000
     batch: int = 512
     lr: float = 1e-3
@@ -83,11 +85,13 @@ def _data(recipe: Recipe) -> tuple[Any, Any]:
     return d.sample, d.sample
 
 
-def _build(recipe: Recipe) -> torch.nn.Module:
+def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
     torch.manual_seed(recipe.seed)
     net = ResMLP(2, recipe.hidden, recipe.blocks, attributes=recipe.attributes or None)
     if recipe.parameterisation.startswith("energy-"):
         return EnergyModel(net, recipe.parameterisation[len("energy-") :])
+    if recipe.parameterisation == "eps-precond":
+        return Preconditioned(net, schedule, recipe.sigma_data)
     return net
 
 
@@ -118,9 +122,9 @@ def train_entry(name: str, out_dir: Path = ZOO_DIR, progress: bool | None = None
     if name not in RECIPES:
         raise DataError(f"unknown zoo entry {name!r}; recipes: {sorted(RECIPES)}")
     recipe = RECIPES[name]
-    model = _build(recipe)
-    draw, _ = _data(recipe)
     schedule = sched.linear()
+    model = _build(recipe, schedule)
+    draw, _ = _data(recipe)
     res = train(
         model,
         draw,

@@ -11,6 +11,13 @@ and ``log_prob(x)`` is the exact log-density (``-inf`` outside a uniform support
 * :func:`coind_toy` -- ``X = (C1, C2) + 0.2 N(0, I)``, ``C`` in ``{-1, +1}^2``, with
   chosen attribute combinations left out of the support.
 
+Images and signals (channels-first, values in [-1, 1]):
+
+* :func:`blobs` -- 32x32 scenes of 1-8 coloured Gaussian blobs or squares on a plain
+  background, with labels: normalised coordinates, colour indices, count, mask;
+* :func:`smooth_signals` -- smooth 1-D signals, and :func:`textures` -- smooth 2-D
+  random fields, from which panorama-style windows are cut.
+
 All samplers take a ``torch.Generator``: same seed, same data.
 """
 
@@ -26,8 +33,10 @@ from .errors import DataError
 
 __all__ = [
     "DATASETS_2D",
+    "PALETTE",
     "Dataset2D",
     "bar",
+    "blobs",
     "box",
     "coind_toy",
     "get",
@@ -35,6 +44,8 @@ __all__ = [
     "rectangles",
     "right_bar",
     "ring",
+    "smooth_signals",
+    "textures",
 ]
 
 
@@ -151,3 +162,85 @@ def get(name: str) -> Dataset2D:
     if name not in DATASETS_2D:
         raise DataError(f"unknown data set {name!r}; known: {sorted(DATASETS_2D)}")
     return DATASETS_2D[name]()
+
+
+PALETTE = torch.tensor(
+    [[1.0, 0.2, 0.2], [0.2, 0.9, 0.2], [0.25, 0.35, 1.0], [1.0, 0.9, 0.2], [0.9, 0.3, 0.9], [0.2, 0.9, 0.9]]
+)
+"""RGB in [0, 1]: red, green, blue, yellow, magenta, cyan."""
+
+
+def blobs(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    size: int = 32,
+    num_objects: tuple[int, int] = (1, 8),
+    radius: float = 2.5,
+    shape: str = "blob",
+    colors: torch.Tensor | None = None,
+    background: Sequence[float] = (0.0, 0.0, 0.0),
+    margin: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Images of coloured objects; returns ``(images (n, 3, size, size), labels)``.
+
+    ``labels``: ``xy`` ``(n, K, 2)`` centres normalised to [0, 1] (x right, y down),
+    ``color`` ``(n, K)`` palette indices, ``mask`` ``(n, K)`` which of the ``K = max``
+    slots hold an object, and ``count`` ``(n,)``.  Objects are Gaussian blobs of
+    standard deviation ``radius`` pixels or squares of half-side ``radius``; where
+    objects overlap the later one is painted on top.  Pixel values are mapped from
+    [0, 1] to [-1, 1].
+    """
+    lo, hi = num_objects
+    if not (1 <= lo <= hi):
+        raise DataError(f"num_objects must satisfy 1 <= min <= max, got {num_objects}")
+    if shape not in ("blob", "square"):
+        raise DataError(f"shape must be 'blob' or 'square', got {shape!r}")
+    pal = PALETTE if colors is None else torch.as_tensor(colors, dtype=torch.float32)
+    count = torch.randint(lo, hi + 1, (n,), generator=generator)
+    mask = torch.arange(hi)[None, :] < count[:, None]
+    xy = margin + (1 - 2 * margin) * torch.rand(n, hi, 2, generator=generator)
+    color = torch.randint(pal.shape[0], (n, hi), generator=generator)
+    img = torch.tensor(background, dtype=torch.float32).reshape(1, 3, 1, 1).repeat(n, 1, size, size)
+    grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    gx, gy = grid[None, None, :], grid[None, :, None]  # x along width, y along height
+    for k in range(hi):
+        dx = (gx - xy[:, k, 0, None, None]) * size
+        dy = (gy - xy[:, k, 1, None, None]) * size
+        if shape == "blob":
+            alpha = torch.exp(-(dx**2 + dy**2) / (2 * radius**2))
+        else:
+            alpha = ((dx.abs() <= radius) & (dy.abs() <= radius)).float()
+        alpha = (alpha * mask[:, k, None, None]).unsqueeze(1)  # (n, 1, H, W)
+        img = img * (1 - alpha) + alpha * pal[color[:, k]].reshape(n, 3, 1, 1)
+    labels = {"xy": xy, "color": color, "mask": mask, "count": count}
+    return img * 2 - 1, labels
+
+
+def _smooth_noise(
+    shape: tuple[int, ...], length_scale: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Gaussian-filtered white noise along the last ``len(shape) - 1`` axes, unit variance."""
+    noise = torch.randn(shape, generator=generator)
+    dims = len(shape) - 1
+    freq = [torch.fft.fftfreq(s) for s in shape[1:]]
+    k2 = sum(f.reshape([-1 if i == j else 1 for j in range(dims)]) ** 2 for i, f in enumerate(freq))
+    spec = torch.fft.fftn(noise, dim=tuple(range(1, dims + 1))) * torch.exp(
+        -2 * (math.pi * length_scale) ** 2 * k2
+    )
+    out = torch.fft.ifftn(spec, dim=tuple(range(1, dims + 1))).real
+    return out / out.flatten(1).std(1).reshape(-1, *([1] * dims))
+
+
+def smooth_signals(
+    n: int, generator: torch.Generator | None = None, *, length: int = 256, length_scale: float = 6.0
+) -> torch.Tensor:
+    """Smooth periodic 1-D signals ``(n, length)`` with unit variance (filtered noise)."""
+    return _smooth_noise((n, length), length_scale, generator)
+
+
+def textures(
+    n: int, generator: torch.Generator | None = None, *, size: int = 64, length_scale: float = 3.0
+) -> torch.Tensor:
+    """Smooth periodic 2-D random fields ``(n, 1, size, size)`` with unit variance."""
+    return _smooth_noise((n, size, size), length_scale, generator).unsqueeze(1)

@@ -1,30 +1,35 @@
 """``probcomp demo``: compose two 2-D factors whose product is known exactly.
 
-The factors are analytic: an 8-Gaussian ring (radius 0.5, std 0.05) and an
-elongated Gaussian "bar" (std 0.15 across, 0.6 along).  Their product is an
-8-component Gaussian mixture (:func:`probcomp.factors.exact_product`), so every
-method is scored against exact product samples:
+By default the factors are the zoo's *learned* ``ring8`` (8 Gaussians, radius 0.5,
+std 0.03) and ``bar`` (uniform on ``[-0.2, 0.2] x [-1, 1]``) score models, loaded
+from shipped weights.  The exact product of their data distributions is the ring
+restricted to the bar, sampled exactly by rejection, with mode weights from the
+Gaussian CDF.  ``--analytic`` composes analytic factors instead (an 8-Gaussian ring
+of std 0.05 and a Gaussian bar), whose product is an exact 8-component mixture and
+which adds the oracle row.  Every method is scored against exact product samples:
 
 * ``exact (floor)``      -- two independent exact draws against each other;
 * ``ddpm summed scores`` -- reverse diffusion on ``s_ring + s_bar`` (the common baseline);
 * ``ddim summed scores`` -- the deterministic variant;
-* ``ddpm oracle score``  -- reverse diffusion on the exact noised product's score,
-  which isolates the composition bias from the sampler's discretisation error.
+* ``ddpm oracle score``  -- (analytic only) reverse diffusion on the exact noised
+  product's score, which isolates the composition bias from the sampler's error.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import factors, metrics
+from . import datasets, factors, metrics
 from .scene import Scene
 
 
 def ring_and_bar() -> tuple[factors.GaussianMixture, factors.Gaussian]:
-    """The demo's two factors."""
+    """The analytic demo's two factors."""
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     ring = factors.GaussianMixture(
         0.5 * torch.stack([ang.cos(), ang.sin()], 1), torch.full((8,), 0.05), name="ring"
@@ -33,60 +38,115 @@ def ring_and_bar() -> tuple[factors.GaussianMixture, factors.Gaussian]:
     return ring, bar
 
 
+@dataclass
+class DemoTarget:
+    """Two factors and everything known exactly about their product."""
+
+    label: str
+    ring: factors.ScoreFactor
+    bar: factors.ScoreFactor
+    sample: Callable[[int, torch.Generator], torch.Tensor]
+    mode_means: torch.Tensor
+    mode_weights: torch.Tensor
+    log_density: Callable[[torch.Tensor], torch.Tensor]
+    oracle: factors.ScoreFactor | None = None
+
+
+def analytic_target() -> DemoTarget:
+    ring, bar = ring_and_bar()
+    exact = factors.exact_product([ring, bar], name="exact product")
+    return DemoTarget(
+        "analytic ring8 x bar (exact product: an 8-component Gaussian mixture)",
+        ring,
+        bar,
+        exact.sample,
+        exact.means,
+        exact.weights,
+        exact.log_prob,
+        exact,
+    )
+
+
+def learned_target() -> DemoTarget:
+    from probcomp import models
+
+    ring_data, bar_data = datasets.ring(), datasets.bar()
+    ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    means = 0.5 * torch.stack([ang.cos(), ang.sin()], 1)
+    # mass of each ring component inside |x| <= 0.2 (|y| <= 1 holds to 1e-60)
+    z = lambda v: 0.5 * (1 + torch.erf(v / (0.03 * math.sqrt(2))))  # noqa: E731
+    inside = z(0.2 - means[:, 0]) - z(-0.2 - means[:, 0])
+    weights = inside / inside.sum()
+
+    def sample(n: int, g: torch.Generator) -> torch.Tensor:
+        out = torch.empty(0, 2)
+        while out.shape[0] < n:  # exact: ring samples that fall in the bar
+            x = ring_data.sample(4 * n, g)
+            out = torch.cat([out, x[torch.isfinite(bar_data.log_prob(x))]])
+        return out[:n]
+
+    return DemoTarget(
+        "learned ring8 x bar (zoo weights; exact product: the ring restricted to the bar)",
+        models.load("ring8"),
+        models.load("bar"),
+        sample,
+        means,
+        weights,
+        lambda x: ring_data.log_prob(x) + bar_data.log_prob(x).clamp(min=-1e4),
+    )
+
+
 def run_demo(
-    num_samples: int = 2000, steps: int = 200, seed: int = 0, png: str | None = None
+    num_samples: int = 2000, steps: int = 200, seed: int = 0, png: str | None = None, analytic: bool = False
 ) -> dict[str, Any]:
     """Run every method, return the metrics as a JSON-ready dict (and write the PNG)."""
     from probcomp.inference import ReverseDiffusion
 
-    ring, bar = ring_and_bar()
-    exact = factors.exact_product([ring, bar], name="exact product")
+    target = analytic_target() if analytic else learned_target()
     gen = torch.Generator().manual_seed(seed)
-    ref = exact.sample(num_samples, gen)
-    floor = exact.sample(num_samples, gen)
+    ref = target.sample(num_samples, gen)
+    floor = target.sample(num_samples, gen)
 
     scene = Scene()
     x = scene.control("x", shape=(2,))
-    scene.observe("ring", x, factor=ring)
-    scene.observe("bar", x, factor=bar)
-    oracle = Scene()
-    oracle.observe("product", oracle.control("x", shape=(2,)), factor=exact)
+    scene.observe("ring", x, factor=target.ring)
+    scene.observe("bar", x, factor=target.bar)
+    methods = [("ddpm summed scores", "ddpm", scene), ("ddim summed scores", "ddim", scene)]
+    if target.oracle is not None:
+        oracle = Scene()
+        oracle.observe("product", oracle.control("x", shape=(2,)), factor=target.oracle)
+        methods.append(("ddpm oracle score", "ddpm", oracle))
 
     runs = {"exact (floor)": (floor, 0, 0.0)}
-    for label, sampler, sc in (
-        ("ddpm summed scores", "ddpm", scene),
-        ("ddim summed scores", "ddim", scene),
-        ("ddpm oracle score", "ddpm", oracle),
-    ):
+    for label, sampler, sc in methods:
         res = ReverseDiffusion(steps=steps, sampler=sampler).run(sc, num_samples, seed=seed)
         runs[label] = (res["x"], res.stats["nfe_total"], res.stats["wall_time"])
 
-    true_w = exact.weights
     rows = []
     bw = metrics.median_bandwidth(ref.to(torch.float64))
     for label, (xs, nfe, wall) in runs.items():
-        w_hat = metrics.mode_weights(xs, exact.means)
+        w_hat = metrics.mode_weights(xs, target.mode_means)
         rows.append(
             {
                 "method": label,
                 "w2": metrics.w2(xs, ref),
                 "mmd2": metrics.mmd(xs, ref, bandwidth=bw),
                 "mode_weights": [round(float(v), 4) for v in w_hat],
-                "mode_tv": 0.5 * float((w_hat - true_w).abs().sum()),
+                "mode_tv": 0.5 * float((w_hat - target.mode_weights).abs().sum()),
                 "nfe": int(nfe),
                 "wall_time_s": round(float(wall), 3),
             }
         )
     out = {
-        "target": "ring8 x bar (analytic; exact product is an 8-component Gaussian mixture)",
+        "target": target.label,
         "num_samples": num_samples,
         "steps": steps,
         "seed": seed,
-        "true_mode_weights": [round(float(v), 4) for v in true_w],
+        "true_mode_weights": [round(float(v), 4) for v in target.mode_weights],
         "rows": rows,
     }
     if png:
-        _plot(png, exact, {k: v[0] for k, v in runs.items()})
+        _plot(png, target.log_density, {k: v[0] for k, v in runs.items()})
         out["png"] = png
     return out
 
@@ -109,7 +169,9 @@ def format_table(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(path: str, exact: factors.GaussianMixture, samples: dict[str, torch.Tensor]) -> None:
+def _plot(
+    path: str, log_density: Callable[[torch.Tensor], torch.Tensor], samples: dict[str, torch.Tensor]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +179,7 @@ def _plot(path: str, exact: factors.GaussianMixture, samples: dict[str, torch.Te
 
     g = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)
     gx, gy = torch.meshgrid(g, g, indexing="xy")
-    dens = exact.log_prob(torch.stack([gx, gy], -1).reshape(-1, 2)).exp().reshape(200, 200)
+    dens = log_density(torch.stack([gx, gy], -1).reshape(-1, 2).float()).exp().reshape(200, 200)
     fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.3), sharex=True, sharey=True)
     for ax, (label, xs) in zip(axes, samples.items(), strict=True):
         ax.contourf(gx.numpy(), gy.numpy(), dens.numpy(), levels=20, cmap="Greys")
@@ -127,7 +189,7 @@ def _plot(path: str, exact: factors.GaussianMixture, samples: dict[str, torch.Te
         ax.set_xlim(-1, 1)
         ax.set_ylim(-1, 1)
         ax.set_aspect("equal")
-    fig.suptitle("ring x bar: samples (red) over the exact product density", fontsize=10)
+    fig.suptitle("ring x bar: samples (red) over the exact product density (grey)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -67,6 +67,10 @@ class Schedule:
         """The time value the model was trained with (``t`` itself for continuous schedules)."""
         return _as_t(t)
 
+    def t_of_model_time(self, model_time: TimeLike) -> torch.Tensor:
+        """Inverse of :meth:`model_time`."""
+        return _as_t(model_time)
+
     def config(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -211,6 +215,9 @@ class DiscreteSchedule(Schedule):
 
     def model_time(self, t: TimeLike) -> torch.Tensor:
         return _as_t(t).clamp(0.0, 1.0) * (self.num_steps - 1)
+
+    def t_of_model_time(self, model_time: TimeLike) -> torch.Tensor:
+        return _as_t(model_time) / (self.num_steps - 1)
 
     def config(self) -> dict[str, Any]:
         return {"kind": "discrete", "label": self.label, "alphas_cumprod": self.alphas_cumprod.tolist()}

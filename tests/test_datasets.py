@@ -49,3 +49,31 @@ def test_coind_toy_leaves_the_held_out_combination_out(gen):
 def test_unknown_dataset():
     with pytest.raises(pc.DataError, match="unknown data set 'moons'"):
         datasets.get("moons")
+
+
+def test_blob_images_match_their_labels(gen):
+    img, lab = datasets.blobs(16, gen, num_objects=(1, 3), shape="square", radius=2.0)
+    assert img.shape == (16, 3, 32, 32) and img.min() >= -1 and img.max() <= 1
+    assert torch.equal(lab["mask"].sum(1), lab["count"])
+    assert lab["xy"].shape == (16, 3, 2) and lab["color"].shape == (16, 3)
+    for i in range(16):
+        last = int(lab["count"][i]) - 1  # painted last, so its centre pixel shows its colour
+        x, y = (lab["xy"][i, last] * 32).long().tolist()
+        rgb = (img[i, :, y, x] + 1) / 2
+        torch.testing.assert_close(rgb, datasets.PALETTE[lab["color"][i, last]], atol=1e-5, rtol=0)
+    a, _ = datasets.blobs(4, torch.Generator().manual_seed(1))
+    b, _ = datasets.blobs(4, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    with pytest.raises(pc.DataError, match="num_objects"):
+        datasets.blobs(2, gen, num_objects=(3, 2))
+
+
+def test_smooth_signals_and_textures(gen):
+    s = datasets.smooth_signals(8, gen, length=128)
+    assert s.shape == (8, 128)
+    torch.testing.assert_close(s.std(1), torch.ones(8), atol=1e-5, rtol=0)
+    # smooth: neighbouring values are strongly correlated
+    assert float((s[:, 1:] * s[:, :-1]).mean()) > 0.9
+    t = datasets.textures(2, gen, size=32)
+    assert t.shape == (2, 1, 32, 32)
+    assert float((t[..., 1:, :] * t[..., :-1, :]).mean()) > 0.7

@@ -48,6 +48,7 @@ def test_install_imports(tmp_path, editable):
     code = (
         "import probcomp, probcomp.inference, probcomp.models;"
         "from probcomp.inference import ReverseDiffusion;"
+        "f = probcomp.models.load('ring8');"  # shipped weights travel with the package
         "print(probcomp.__file__); print(probcomp.inference.__file__)"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -152,3 +152,61 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     (tmp_path / "m.safetensors").unlink()
     with pytest.raises(pc.DataError, match=r"m\.safetensors.*missing"):
         load(tmp_path / "m")
+
+
+def test_preconditioning_is_exact_for_gaussian_data_at_initialisation():
+    """With F = 0 (zero-initialised output) the preconditioned eps is the exact eps of N(0, sd^2)."""
+    from probcomp.models import Preconditioned
+
+    sd = 0.4
+    s = sched.linear()
+    f = NetworkFactor(Preconditioned(_tiny(), s, sd), (2,), s)
+    exact = pc.factors.Gaussian([0.0, 0.0], sd)
+    y = torch.randn(7, 2)
+    for t in (0.01, 0.3, 0.9, 1.0):
+        torch.testing.assert_close(f.eps(y, t), exact.eps(y, t).float(), atol=1e-5, rtol=1e-5)
+
+
+def test_preconditioned_checkpoint_round_trip(tmp_path):
+    from probcomp.models import Preconditioned
+
+    s = sched.linear_discrete(100)
+    net = _tiny()
+    torch.nn.init.normal_(net.out[-1].weight, std=0.1)
+    model = Preconditioned(net, s, 0.7)
+    save(tmp_path / "p", model, schedule=s, event_shape=(2,))
+    f = load(tmp_path / "p")
+    assert f.meta["parameterisation"] == "eps-precond" and f.meta["sigma_data"] == 0.7
+    y = torch.randn(3, 2)
+    assert torch.equal(f.eps(y, 0.3), NetworkFactor(model, (2,), s).eps(y, 0.3))
+
+
+def test_unet_shapes_conditioning_and_zero_init():
+    from probcomp.models.networks import UNet, build
+
+    torch.manual_seed(0)
+    u = UNet(3, 16, 8, (1, 2), attributes={"color": 6}, continuous={"xy": 2})
+    y, t = torch.randn(4, 3, 16, 16), torch.rand(4)
+    assert torch.equal(u(y, t), torch.zeros_like(y))  # zero-initialised output
+    torch.nn.init.normal_(u.out[-1].weight, std=0.1)
+    a = u(y, t, {"color": torch.tensor(1), "xy": torch.rand(4, 2)})
+    b = u(y, t, {"color": torch.tensor(2), "xy": torch.rand(4, 2)})
+    assert a.shape == y.shape and not torch.allclose(a, b)
+    clone = build(u.config)
+    clone.load_state_dict(u.state_dict())
+    assert torch.equal(clone(y, t), u(y, t))
+    with pytest.raises(pc.DataError, match="not divisible"):
+        UNet(3, 18, 8, (1, 2, 2))
+
+
+def test_unet_trains_on_blob_images():
+    from probcomp.models.networks import UNet
+
+    torch.manual_seed(0)
+    u = UNet(3, 16, 8, (1, 2))
+
+    def data(n, g):
+        return pc.datasets.blobs(n, g, size=16, num_objects=(1, 1), radius=2.0)[0]
+
+    res = train(u, data, steps=30, batch=16, lr=2e-3, seed=0, log_every=10)
+    assert res.losses[-1] < res.losses[0]
