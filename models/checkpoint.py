@@ -33,6 +33,19 @@ FORMAT = "probcomp-checkpoint/1"
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
 
 
+def _with(stem: Path, suffix: str) -> Path:
+    """``stem`` + ``suffix`` (names like ``box-0.7`` keep their dot: no ``with_suffix``)."""
+    return stem.parent / (stem.name + suffix)
+
+
+def _stem(path: Path) -> Path:
+    """A checkpoint path without its ``.json`` / ``.safetensors`` suffix, if it has one."""
+    for suffix in (".json", ".safetensors"):
+        if path.name.endswith(suffix):
+            return path.parent / path.name[: -len(suffix)]
+    return path
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -59,7 +72,7 @@ def save(
         net, param = model, "eps"
     if not hasattr(net, "config"):
         raise DataError("only probcomp networks (with a .config) can be checkpointed")
-    weights = stem.with_suffix(".safetensors")
+    weights = _with(stem, ".safetensors")
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     save_file(state, str(weights))
     config = {
@@ -74,7 +87,7 @@ def save(
         "weights_sha256": _sha256(weights),
         **(meta or {}),
     }
-    path = stem.with_suffix(".json")
+    path = _with(stem, ".json")
     path.write_text(json.dumps(config, indent=1) + "\n")
     return path
 
@@ -82,8 +95,9 @@ def save(
 def resolve(name_or_path: str | Path) -> Path:
     """The JSON path of a zoo name or of a checkpoint path (with or without suffix)."""
     p = Path(name_or_path)
-    candidates = [ZOO_DIR / f"{p.name}.json"] if p.parent == Path(".") and not p.suffix else []
-    candidates.append(p.with_suffix(".json") if p.suffix in ("", ".safetensors") else p)
+    stem = _stem(p)
+    candidates = [ZOO_DIR / f"{p.name}.json"] if p.parent == Path(".") and stem == p else []
+    candidates.append(_with(stem, ".json"))
     for c in candidates:
         if c.exists():
             return c
@@ -111,7 +125,7 @@ def load(name_or_path: str | Path) -> NetworkFactor:
     """A ready :class:`NetworkFactor` from a zoo name or a checkpoint path."""
     cfg = read_config(name_or_path)
     path = Path(cfg["_path"])
-    weights = path.with_suffix(".safetensors")
+    weights = _with(_stem(path), ".safetensors")
     if not weights.exists():
         raise DataError(f"weights file {str(weights)!r} for {str(path)!r} is missing")
     if _sha256(weights) != cfg["weights_sha256"]:
@@ -141,7 +155,7 @@ def load(name_or_path: str | Path) -> NetworkFactor:
     elif param == "eps-precond":
         model = Preconditioned(net, schedule, float(cfg.get("sigma_data", 0.5)))
     elif param.startswith("energy-") and param[7:] in FORMS:
-        model = EnergyModel(net, param[7:])
+        model = EnergyModel(net, param[7:], init_output=False)
     else:
         raise DataError(f"checkpoint {str(path)!r}: unknown parameterisation {param!r}")
     meta = {k: v for k, v in cfg.items() if not k.startswith("_")}

@@ -31,15 +31,21 @@ FORMS = ("residual", "norm")
 class EnergyModel(nn.Module):
     """Wrap ``net(y, t, cond) -> (N, *shape)`` as a potential ``g`` with ``eps_hat = grad_y g``."""
 
-    def __init__(self, net: nn.Module, form: str = "norm") -> None:
+    def __init__(self, net: nn.Module, form: str = "norm", *, init_output: bool = True) -> None:
         super().__init__()
         if form not in FORMS:
             raise FactorError(f"unknown energy form {form!r}; expected one of {FORMS}")
         self.net, self.form = net, form
-        last = getattr(getattr(net, "out", None), "__getitem__", None)
-        if form == "norm" and last is not None and isinstance(net.out[-1], nn.Linear):
-            # ||f||^2 has zero gradient in every weight when f == 0: undo a zero-initialised output
-            net.out[-1].reset_parameters()
+        out = getattr(net, "out", None)
+        if (
+            init_output
+            and form == "norm"
+            and isinstance(out, nn.Sequential)
+            and isinstance(out[-1], nn.Linear)
+        ):
+            # ||f||^2 has zero gradient in every weight when f == 0: undo a zero-initialised
+            # output layer before training (loading passes init_output=False)
+            out[-1].reset_parameters()
 
     def potential(self, y: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         """``g(y, t)``, shape ``(N,)``."""

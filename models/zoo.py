@@ -3,6 +3,7 @@
 ``python -m probcomp.models.zoo list``         the shipped models with their quality numbers
 ``python -m probcomp.models.zoo show NAME``    one model's full config
 ``python -m probcomp.models.zoo train NAME``   retrain one entry from its seed (``--all`` for all)
+``python -m probcomp.models.zoo evaluate NAME`` re-score an entry and store its quality numbers
 
 Each recipe fixes data set, architecture, parameterisation, schedule, steps,
 batch, learning rate, EMA and seed; training is deterministic on CPU, so the same
@@ -33,7 +34,7 @@ from .networks import ResMLP
 from .parameterisation import Preconditioned
 from .training import train
 
-__all__ = ["RECIPES", "Recipe", "evaluate", "list_models", "train_entry"]
+__all__ = ["RECIPES", "Recipe", "evaluate", "list_models", "record_quality", "train_entry"]
 
 
 @dataclass(frozen=True)
@@ -95,25 +96,32 @@ def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
     return net
 
 
-def evaluate(name_or_path: str, n: int = 2000, steps: int = 200, seed: int = 0) -> dict[str, float]:
-    """W2 of the model's own DDPM samples against exact data, next to the data-vs-data floor."""
+def evaluate(
+    name_or_path: str, n: int = 2000, steps: int = 200, seed: int = 0, sampler: str = "ddpm"
+) -> dict:
+    """W2 of the model's own reverse-diffusion samples against exact data, beside the floor.
+
+    The floor is the W2 between two independent exact data sets of the same size.
+    """
     from probcomp.inference import ReverseDiffusion
     from probcomp.scene import Scene
 
     factor = load(name_or_path)
     recipe = RECIPES.get(factor.meta.get("recipe_name", ""))
-    data = recipe.data if recipe else factor.meta.get("data")
-    ref_sampler = _data(recipe)[1] if recipe else datasets.get(data).sample
+    ref_sampler = _data(recipe)[1] if recipe else datasets.get(factor.meta.get("data")).sample
     g = torch.Generator().manual_seed(seed + 1)
     ref, ref2 = ref_sampler(n, g), ref_sampler(n, g)
     scene = Scene()
     scene.observe("y", scene.control("x", (2,)), factor=factor)
-    xs = ReverseDiffusion(steps=steps, schedule=factor.schedule).run(scene, n, seed=seed)["x"]
+    t0 = time.perf_counter()
+    res = ReverseDiffusion(steps=steps, sampler=sampler, schedule=factor.schedule).run(scene, n, seed=seed)
     return {
-        "w2": round(metrics.w2(xs, ref), 4),
+        "w2": round(metrics.w2(res["x"], ref), 4),
         "w2_floor": round(metrics.w2(ref2, ref), 4),
         "samples": n,
-        "ddpm_steps": steps,
+        f"{sampler}_steps": steps,
+        "nfe": res.stats["nfe_total"],
+        "sample_wall_time_s": round(time.perf_counter() - t0, 2),
     }
 
 
@@ -148,19 +156,24 @@ def train_entry(name: str, out_dir: Path = ZOO_DIR, progress: bool | None = None
         "regenerate": f"python -m probcomp.models.zoo train {name}",
     }
     path = save(out_dir / name, res.model, schedule=schedule, event_shape=(2,), meta=meta)
-    t0 = time.perf_counter()
+    record_quality(path)
+    return path
+
+
+def record_quality(path: str | Path) -> dict:
+    """Score a checkpoint with :func:`evaluate` and store the numbers in its JSON ``quality``."""
+    path = Path(read_config(path)["_path"])
     quality = evaluate(str(path))
-    quality["eval_wall_time_s"] = round(time.perf_counter() - t0, 1)
     cfg = json.loads(path.read_text())
     cfg["quality"] = quality
     path.write_text(json.dumps(cfg, indent=1) + "\n")
-    return path
+    return quality
 
 
 def list_models() -> list[dict[str, Any]]:
     """One summary row per shipped model."""
     rows = []
-    for p in sorted(ZOO_DIR.glob("*.json")):
+    for p in sorted(ZOO_DIR.glob("*.json"), key=lambda q: q.stem):
         cfg = read_config(p)
         q = cfg.get("quality", {})
         rows.append(
@@ -174,7 +187,9 @@ def list_models() -> list[dict[str, Any]]:
                 "w2": q.get("w2"),
                 "w2_floor": q.get("w2_floor"),
                 "train_wall_time_s": cfg.get("train_wall_time_s"),
-                "size_kb": round(p.with_suffix(".safetensors").stat().st_size / 1024, 1),
+                "size_kb": round(
+                    (p.parent / (p.name[: -len(".json")] + ".safetensors")).stat().st_size / 1024, 1
+                ),
             }
         )
     return rows
@@ -202,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         "--json", action="store_true"
     )
     sub.add_parser("show", help="one model's config").add_argument("name")
+    sub.add_parser("evaluate", help="re-score entries and store the quality numbers").add_argument(
+        "names", nargs="+"
+    )
     t = sub.add_parser("train", help="retrain entries from their recipes")
     t.add_argument("names", nargs="*")
     t.add_argument("--all", action="store_true")
@@ -215,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = read_config(a.name)
             cfg.pop("_path", None)
             print(json.dumps(cfg, indent=1))
+        elif a.cmd == "evaluate":
+            for n in a.names:
+                print(n, json.dumps(record_quality(n)), flush=True)
         else:
             names = list(RECIPES) if a.all else a.names
             if not names:

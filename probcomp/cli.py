@@ -20,7 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="compose two 2-D factors and score the samples against the exact product")
-    d.add_argument("--samples", type=int, default=2000, help="particles per method (default 2000)")
+    d.add_argument("--samples", type=int, default=1000, help="particles per method (default 1000)")
     d.add_argument("--steps", type=int, default=200, help="reverse-diffusion steps (default 200)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--png", default="probcomp-demo.png", help="where to write the plot ('' for none)")

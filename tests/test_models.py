@@ -119,6 +119,10 @@ def test_checkpoint_round_trip_and_tampering(tmp_path):
     ref = NetworkFactor(model, (2,), sched.cosine()).condition(a=1)
     assert torch.equal(f.condition(a=1).score(y, 0.4), ref.score(y, 0.4))
     assert torch.equal(load(str(path)).energy(y, 0.4), f.energy(y, 0.4))
+    # dotted names are names, not suffixes
+    dotted = save(tmp_path / "box-0.7", model, schedule=sched.cosine(), event_shape=(2,))
+    assert dotted.name == "box-0.7.json"
+    assert torch.equal(load(tmp_path / "box-0.7").energy(y, 0.4), load(dotted).energy(y, 0.4))
     weights = tmp_path / "m.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF  # flip bits in a weight
@@ -128,6 +132,14 @@ def test_checkpoint_round_trip_and_tampering(tmp_path):
     weights.write_bytes(bytes(data[: len(data) // 2]))  # truncated
     with pytest.raises(pc.DataError, match="SHA-256"):
         load(tmp_path / "m")
+
+
+def test_energy_checkpoint_keeps_trained_output_layer(tmp_path):
+    model = EnergyModel(_tiny(), "norm")  # the norm form re-initialises the output layer for training
+    save(tmp_path / "e", model, schedule=sched.linear(), event_shape=(2,))
+    y = torch.randn(5, 2)
+    ref = NetworkFactor(model, (2,), sched.linear())
+    assert torch.equal(load(tmp_path / "e").score(y, 0.3), ref.score(y, 0.3))
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):
