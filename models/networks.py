@@ -107,6 +107,24 @@ class Conditioning(nn.Module):
         return out
 
 
+def _embed(
+    time: TimeEmbedding, conditioning: Conditioning, y: torch.Tensor, t: torch.Tensor, cond: Any
+) -> torch.Tensor:
+    """Time embedding plus condition embedding (an unconditional network refuses conditions)."""
+    emb = time(t.to(y.dtype).expand(y.shape[0]))
+    if conditioning.is_conditional:
+        return emb + conditioning(cond, y.shape[0], y)
+    if cond:
+        raise DataError(f"this network is unconditional; got conditions {sorted(cond)}")
+    return emb
+
+
+def _zero(layer: nn.Module) -> None:
+    """Zero-initialise an output layer, so an untrained network predicts ``eps_hat = 0``."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
 class _Block(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
@@ -153,15 +171,10 @@ class ResMLP(nn.Module):
         self.cond = Conditioning(hidden, attributes, continuous)
         self.blocks = nn.ModuleList(_Block(hidden) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        _zero(self.out[-1])
 
     def forward(self, y: torch.Tensor, t: torch.Tensor, cond: CondDict | None = None) -> torch.Tensor:
-        emb = self.time(t.to(y.dtype).expand(y.shape[0]))
-        if self.cond.is_conditional:
-            emb = emb + self.cond(cond, y.shape[0], y)
-        elif cond:
-            raise DataError(f"this network is unconditional; got conditions {sorted(cond)}")
+        emb = _embed(self.time, self.cond, y, t, cond)
         h = self.inp(y)
         for b in self.blocks:
             h = b(h, emb)
@@ -240,15 +253,10 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(_groups(cin), cin), nn.SiLU(), nn.Conv2d(cin, channels, 3, padding=1)
         )
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        _zero(self.out[-1])
 
     def forward(self, y: torch.Tensor, t: torch.Tensor, cond: CondDict | None = None) -> torch.Tensor:
-        emb = self.time(t.to(y.dtype).expand(y.shape[0]))
-        if self.cond.is_conditional:
-            emb = emb + self.cond(cond, y.shape[0], y)
-        elif cond:
-            raise DataError(f"this network is unconditional; got conditions {sorted(cond)}")
+        emb = _embed(self.time, self.cond, y, t, cond)
         h = self.inp(y)
         skips = []
         for block, pool in zip(self.down, self.pool, strict=True):
@@ -268,24 +276,15 @@ def build(config: dict[str, Any]) -> nn.Module:
     """A network from its JSON config (no code is executed: only known kinds are built)."""
     cfg = dict(config)
     kind = cfg.pop("kind", None)
+    shared = {
+        "attributes": {k: int(v) for k, v in cfg.pop("attributes", {}).items()},
+        "continuous": {k: int(v) for k, v in cfg.pop("continuous", {}).items()},
+        "time_scale": float(cfg.pop("time_scale", 1000.0)),
+    }
     if kind == "resmlp":
         dim = int(cfg.pop("dim"))
-        return ResMLP(
-            dim,
-            int(cfg.pop("hidden")),
-            int(cfg.pop("blocks")),
-            attributes={k: int(v) for k, v in cfg.pop("attributes", {}).items()},
-            continuous={k: int(v) for k, v in cfg.pop("continuous", {}).items()},
-            time_scale=float(cfg.pop("time_scale", 1000.0)),
-        )
+        return ResMLP(dim, int(cfg.pop("hidden")), int(cfg.pop("blocks")), **shared)
     if kind == "unet":
-        return UNet(
-            int(cfg.pop("channels")),
-            int(cfg.pop("size")),
-            int(cfg.pop("base")),
-            tuple(int(m) for m in cfg.pop("mults")),
-            attributes={k: int(v) for k, v in cfg.pop("attributes", {}).items()},
-            continuous={k: int(v) for k, v in cfg.pop("continuous", {}).items()},
-            time_scale=float(cfg.pop("time_scale", 1000.0)),
-        )
+        mults = tuple(int(m) for m in cfg.pop("mults"))
+        return UNet(int(cfg.pop("channels")), int(cfg.pop("size")), int(cfg.pop("base")), mults, **shared)
     raise DataError(f"unknown network kind {kind!r}")
