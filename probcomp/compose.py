@@ -64,11 +64,6 @@ def _check_same_event(factors: Sequence[ScoreFactor], op: str) -> torch.Size:
     return shape
 
 
-def _at(factor: ScoreFactor, t: Any, schedule: sched.Schedule) -> Any:
-    """Time ``t`` of ``schedule`` expressed in ``factor``'s own schedule."""
-    return t if factor.schedule == schedule else sched.match(t, schedule, factor.schedule)
-
-
 class Composite(ScoreFactor):
     """A weighted sum of factor scores, ``sum_k w_k s_k`` (and energies, where all have one)."""
 
@@ -107,13 +102,13 @@ class Composite(ScoreFactor):
         return all(f.has_energy for f, _ in self.leaves())
 
     def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
-        return sum(w * f.score(y, _at(f, t, self.schedule)) for f, w in self.leaves())
+        return sum(w * f.score(y, sched.match(t, self.schedule, f.schedule)) for f, w in self.leaves())
 
     def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         if not self.has_energy:
             missing = [f.name for f, _ in self.leaves() if not f.has_energy]
             raise FactorError(f"composite {self.name!r}: factors {missing} have no energy")
-        return sum(w * f.energy(y, _at(f, t, self.schedule)) for f, w in self.leaves())
+        return sum(w * f.energy(y, sched.match(t, self.schedule, f.schedule)) for f, w in self.leaves())
 
 
 class Mixture(ScoreFactor):
@@ -147,7 +142,7 @@ class Mixture(ScoreFactor):
     def _parts(self, y: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         scores, logits = [], []
         for f, lw in zip(self.factors, self.log_weights, strict=True):
-            s, e = f.score_and_energy(y, _at(f, t, self.schedule))
+            s, e = f.score_and_energy(y, sched.match(t, self.schedule, f.schedule))
             scores.append(s)
             logits.append(lw.to(y.dtype) - e)
         return torch.stack(scores, 1), torch.stack(logits, 1)
