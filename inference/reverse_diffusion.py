@@ -3,13 +3,8 @@ r"""Reverse diffusion (DDPM ancestral / DDIM) on the composed score of a scene.
 The baseline of composable diffusion (Liu et al. 2022): the control variables
 are treated as a diffusing variable whose score at engine time ``t`` is the
 scene's composed gradient ``g = sum_i w_i J_i^T s_i(f_i(X), t)``
-(:meth:`probcomp.compiled.CompiledScene.target`).  One step from ``t`` to ``s < t``
-(DDIM, Song et al. 2021, Eq. 12; ``eta = 1`` is DDPM's ancestral step):
-
-.. math::
-    \hat\epsilon = -\sigma_t g, \qquad \hat x_0 = (x + \sigma_t^2 g) / \alpha_t, \\
-    c = \eta \sqrt{\tfrac{\sigma_s^2}{\sigma_t^2}\big(1 - \tfrac{\bar\alpha_t}{\bar\alpha_s}\big)}, \qquad
-    x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\, \hat\epsilon + c z.
+(:meth:`probcomp.compiled.CompiledScene.target`), and each step from ``t`` to
+``s < t`` is the DDIM step of :class:`~probcomp.inference.steps.ReverseStep`.
 
 The grid runs from ``t_max`` to ``t_min`` (``t_min = 0`` makes the last step
 return the denoised estimate ``x0_hat``).  For a product of factors this samples
@@ -31,6 +26,8 @@ from probcomp.compiled import CompiledScene
 from probcomp.errors import SceneError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
+
+from .steps import ReverseStep
 
 __all__ = ["ReverseDiffusion"]
 
@@ -114,20 +111,9 @@ class ReverseDiffusion:
             for i in levels:
                 t = float(self.ts[i])
                 g = compiled.target(x, t, check=False).grad
-                a_t, s_t, a_s, s_s = alpha[i], sigma[i], alpha[i + 1], sigma[i + 1]
-                c = 0.0
-                if self.eta > 0 and s_s > 0:  # DDIM Eq. 16; eta = 1 is the DDPM posterior
-                    c = self.eta * (s_s**2 / s_t**2 * (1.0 - (a_t / a_s) ** 2)) ** 0.5
-                keep = max(s_s**2 - c**2, 0.0) ** 0.5
-                new, x0 = {}, {}
-                for k, xk in x.items():
-                    eps_hat = -s_t * g[k]
-                    x0[k] = (xk - s_t * eps_hat) / a_t
-                    new[k] = a_s * x0[k] + keep * eps_hat
-                    if c > 0:
-                        new[k] += c * torch.randn(
-                            xk.shape, generator=gen, dtype=self.dtype, device=self.device
-                        )
+                step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta)
+                x0 = {k: step.x0(xk, g[k]) for k, xk in x.items()}
+                new = {k: step(xk, g[k], gen) for k, xk in x.items()}
                 sq = sum(gk.reshape(num_samples, -1).square().sum(1) for gk in g.values())
                 grad_norm[i] = sq.sqrt().cpu()
                 if not all(bool(torch.isfinite(v).all()) for v in new.values()):

@@ -135,6 +135,11 @@ class NetworkFactor(ModelFactor):
             g = self.net.potential(y, mt.expand(y.shape[0]), self.cond)
         return g / self._scale(self.schedule.sigma, t, y).reshape(-1)
 
+    def to(self, device: str | torch.device) -> NetworkFactor:
+        """Move the network (shared by every conditioned copy) to ``device``; returns ``self``."""
+        self.net.to(device)
+        return self
+
     def condition(self, **cond: Any) -> NetworkFactor:
         """The same network with conditions bound (merged over those already bound)."""
         merged = {**self.cond, **cond}

@@ -124,6 +124,7 @@ def train(
     checkpoint: str | Path | None = None,
     save_every: int = 500,
     progress: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
     """Train ``model(y, model_time, cond) -> eps_hat`` on ``data``; returns the EMA model.
 
@@ -140,6 +141,8 @@ def train(
         checkpoint: a file path for the resumable training state (``torch.save`` of
             tensors only, read back with ``weights_only=True``); training resumes from it.
         progress: show a tqdm bar; by default only on an interactive terminal outside CI.
+        device: where the model trains.  Data, times and noise are always drawn on the
+            CPU from ``seed``, so every device sees the same batches.
     """
     if objective not in ("eps", "composed"):
         raise DataError(f"objective must be 'eps' or 'composed', got {objective!r}")
@@ -147,6 +150,8 @@ def train(
         raise DataError(f"steps and batch must be positive, got {steps}, {batch}")
     schedule = schedule if schedule is not None else sched.linear()
     draw = _sampler(data)
+    device = torch.device(device)
+    model.to(device)
     net = getattr(model, "net", model)
     attributes = dict(getattr(getattr(net, "cond", None), "attributes", {}) or {})
     gen = torch.Generator().manual_seed(seed)
@@ -172,14 +177,13 @@ def train(
         a = schedule.alpha(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         s = schedule.sigma(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
-        y = a * x + s * eps
-        mt = schedule.model_time(t).to(x.dtype)
-        if objective == "composed":
-            pred = _composed_eps(model, y, mt, dict(cond))
-        else:
-            if cond and p_drop > 0:
-                cond = _drop(cond, attributes, p_drop, gen)
-            pred = model(y, mt, cond or None)
+        y = (a * x + s * eps).to(device)
+        eps = eps.to(device)
+        mt = schedule.model_time(t).to(x.dtype).to(device)
+        if objective == "eps" and cond and p_drop > 0:
+            cond = _drop(cond, attributes, p_drop, gen)
+        cond = {k: v.to(device) for k, v in cond.items()}
+        pred = _composed_eps(model, y, mt, cond) if objective == "composed" else model(y, mt, cond or None)
         loss = (pred - eps).square().mean()
         if not torch.isfinite(loss):
             raise DataError(f"training loss became {float(loss)} at step {step}; lower lr={lr}")
@@ -201,14 +205,16 @@ def train(
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
             running, count = 0.0, 0
         if path is not None and ((step + 1) % save_every == 0 or step == steps - 1):
-            _save_state(path, step + 1, model, ema_model, opt, gen, result)
+            _save_state(path, step + 1, model, ema_model, opt, gen, result, time.perf_counter() - t0)
     result.steps = steps
     result.wall_time += time.perf_counter() - t0
     model.eval()
     return result
 
 
-def _save_state(path: Path, step: int, model, ema_model, opt, gen, result: TrainResult) -> None:
+def _save_state(
+    path: Path, step: int, model, ema_model, opt, gen, result: TrainResult, elapsed: float
+) -> None:
     state = {
         "step": step,
         "model": model.state_dict(),
@@ -216,7 +222,7 @@ def _save_state(path: Path, step: int, model, ema_model, opt, gen, result: Train
         "opt": opt.state_dict(),
         "rng": gen.get_state(),
         "losses": torch.tensor(result.losses, dtype=torch.float64),
-        "wall_time": result.wall_time,
+        "wall_time": result.wall_time + elapsed,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -226,7 +232,7 @@ def _save_state(path: Path, step: int, model, ema_model, opt, gen, result: Train
 
 def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult) -> int:
     try:
-        state = torch.load(path, weights_only=True)  # never executes code
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never executes code
         model.load_state_dict(state["model"])
         ema_model.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])

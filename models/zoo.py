@@ -28,9 +28,10 @@ from probcomp import datasets, metrics
 from probcomp import schedules as sched
 from probcomp.errors import DataError, ProbcompError
 
+from . import zoo_data
 from .checkpoint import ZOO_DIR, load, read_config, save
 from .energy import EnergyModel
-from .networks import ResMLP
+from .networks import ResMLP, UNet
 from .parameterisation import Preconditioned
 from .training import train
 
@@ -52,9 +53,23 @@ class Recipe:
     hidden: int = 128
     blocks: int = 4
     attributes: dict[str, int] = field(default_factory=dict)
+    continuous: dict[str, int] = field(default_factory=dict)
     p_drop: float = 0.1
+    network: str = "resmlp"
+    base: int = 24
+    mults: tuple[int, ...] = (1, 2, 2)
+    coords: bool = False
+    spatial: dict[str, float] = field(default_factory=dict)
+    objective: str = "eps"
+    device: str = "cpu"
     notes: str = ""
 
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return (2,) if self.data in _2D else zoo_data.event_shape(self.data)
+
+
+_2D = (*datasets.DATASETS_2D, "coind-toy")
 
 RECIPES: dict[str, Recipe] = {
     "ring8": Recipe("ring8", notes="8 Gaussians, radius 0.5, std 0.03"),
@@ -70,11 +85,66 @@ RECIPES: dict[str, Recipe] = {
         attributes={"c1": 2, "c2": 2},
         notes="X = (C1, C2) + 0.2 N(0, I) with (+1, +1) held out; plain conditional training",
     ),
+    "blob-xy": Recipe(
+        "blob",
+        "eps",
+        steps=4000,
+        batch=128,
+        lr=5e-4,
+        ema=0.999,
+        attributes={"color": 6},
+        continuous={"xy": 2},
+        network="unet",
+        coords=True,
+        spatial={"xy": 0.1},
+        device="cuda",
+        notes="one blob at a requested centre xy (continuous) and colour; 32x32 RGB",
+    ),
+    "blobs-composed": Recipe(
+        "blobs-3-5",
+        "eps",
+        steps=4000,
+        batch=64,
+        lr=5e-4,
+        ema=0.999,
+        attributes={"color": 6},
+        continuous={"xy": 2},
+        p_drop=0.0,
+        network="unet",
+        coords=True,
+        spatial={"xy": 0.1},
+        objective="composed",
+        device="cuda",
+        notes="3-5 objects, one (xy, colour) concept each, composed training (dissertation Eq. 5.5)",
+    ),
+    "texture-patch": Recipe(
+        "texture-patch",
+        "eps",
+        steps=10000,
+        batch=128,
+        lr=5e-4,
+        ema=0.999,
+        network="unet",
+        base=32,
+        mults=(1, 2),
+        device="cuda",
+        notes="16x16 windows of smooth 64x64 periodic textures: the panorama patch model",
+    ),
+    "signal-window": Recipe(
+        "signal-window",
+        "eps-precond",
+        sigma_data=1.0,
+        steps=6000,
+        notes="32-sample windows of smooth periodic 1-D signals: the 1-D panorama patch model",
+    ),
 }
 
 
 def _data(recipe: Recipe) -> tuple[Any, Any]:
     """(training sampler, exact reference sampler) for a recipe."""
+    if recipe.data not in _2D:
+        draw = zoo_data.draw_fn(recipe.data)
+        return draw, lambda n, g: draw(n, g)[0]
     if recipe.data == "coind-toy":
 
         def draw(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -88,7 +158,20 @@ def _data(recipe: Recipe) -> tuple[Any, Any]:
 
 def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
     torch.manual_seed(recipe.seed)
-    net = ResMLP(2, recipe.hidden, recipe.blocks, attributes=recipe.attributes or None)
+    cond = {"attributes": recipe.attributes or None, "continuous": recipe.continuous or None}
+    shape = recipe.event_shape
+    if recipe.network == "unet":
+        net: torch.nn.Module = UNet(
+            shape[0],
+            shape[-1],
+            recipe.base,
+            recipe.mults,
+            coords=recipe.coords,
+            spatial=recipe.spatial,
+            **cond,
+        )
+    else:
+        net = ResMLP(shape[0], recipe.hidden, recipe.blocks, **cond)
     if recipe.parameterisation.startswith("energy-"):
         return EnergyModel(net, recipe.parameterisation[len("energy-") :])
     if recipe.parameterisation == "eps-precond":
@@ -97,16 +180,24 @@ def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
 
 
 def evaluate(
-    name_or_path: str, n: int = 2000, steps: int = 200, seed: int = 0, sampler: str = "ddpm"
+    name_or_path: str,
+    n: int = 2000,
+    steps: int = 200,
+    seed: int = 0,
+    sampler: str = "ddpm",
+    device: str = "cpu",
 ) -> dict:
-    """W2 of the model's own reverse-diffusion samples against exact data, beside the floor.
+    """W2 of a 2-D model's own reverse-diffusion samples against exact data, beside the floor.
 
     The floor is the W2 between two independent exact data sets of the same size.
+    Image and signal models are scored by :func:`probcomp.models.zoo_data.evaluate`.
     """
     from probcomp.inference import ReverseDiffusion
     from probcomp.scene import Scene
 
     factor = load(name_or_path)
+    if factor.meta.get("data") not in _2D:
+        return zoo_data.evaluate(factor, factor.meta["data"], seed=seed, device=device)
     recipe = RECIPES.get(factor.meta.get("recipe_name", ""))
     ref_sampler = _data(recipe)[1] if recipe else datasets.get(factor.meta.get("data")).sample
     g = torch.Generator().manual_seed(seed + 1)
@@ -125,13 +216,28 @@ def evaluate(
     }
 
 
-def train_entry(name: str, out_dir: Path = ZOO_DIR, progress: bool | None = None) -> Path:
-    """Train zoo entry ``name`` from its recipe and write its checkpoint into ``out_dir``."""
+def train_entry(
+    name: str,
+    out_dir: Path = ZOO_DIR,
+    progress: bool | None = None,
+    device: str | None = None,
+    state_dir: Path | None = None,
+) -> Path:
+    """Train zoo entry ``name`` from its recipe and write its checkpoint into ``out_dir``.
+
+    ``device`` overrides the recipe's (image models were trained on CUDA; the data,
+    times and noise are drawn on the CPU either way, so only floating-point
+    rounding differs between devices).  With ``state_dir`` the training state is
+    saved there every 500 steps and an interrupted run resumes from it.
+    """
     if name not in RECIPES:
         raise DataError(f"unknown zoo entry {name!r}; recipes: {sorted(RECIPES)}")
     recipe = RECIPES[name]
     schedule = sched.linear()
     model = _build(recipe, schedule)
+    device = device or recipe.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"recipe {name!r} trains on CUDA and none is available here; pass --device cpu")
     draw, _ = _data(recipe)
     res = train(
         model,
@@ -143,7 +249,10 @@ def train_entry(name: str, out_dir: Path = ZOO_DIR, progress: bool | None = None
         ema=recipe.ema,
         seed=recipe.seed,
         p_drop=recipe.p_drop,
+        objective=recipe.objective,
+        checkpoint=None if state_dir is None else Path(state_dir) / f"{name}.state.pt",
         progress=progress,
+        device=device,
     )
     meta = {
         "recipe_name": name,
@@ -152,18 +261,19 @@ def train_entry(name: str, out_dir: Path = ZOO_DIR, progress: bool | None = None
         "steps": res.steps,
         "final_loss": round(res.final_loss, 5),
         "train_wall_time_s": round(res.wall_time, 1),
+        "train_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "regenerate": f"python -m probcomp.models.zoo train {name}",
     }
-    path = save(out_dir / name, res.model, schedule=schedule, event_shape=(2,), meta=meta)
-    record_quality(path)
+    path = save(out_dir / name, res.model, schedule=schedule, event_shape=recipe.event_shape, meta=meta)
+    record_quality(path, device=device)
     return path
 
 
-def record_quality(path: str | Path) -> dict:
+def record_quality(path: str | Path, device: str = "cpu") -> dict:
     """Score a checkpoint with :func:`evaluate` and store the numbers in its JSON ``quality``."""
     path = Path(read_config(path)["_path"])
-    quality = evaluate(str(path))
+    quality = evaluate(str(path), device=device)
     cfg = json.loads(path.read_text())
     cfg["quality"] = quality
     path.write_text(json.dumps(cfg, indent=1) + "\n")
@@ -224,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("names", nargs="*")
     t.add_argument("--all", action="store_true")
     t.add_argument("--out", default=str(ZOO_DIR))
+    t.add_argument("--device", default=None, help="override the recipe's device (cpu or cuda)")
+    t.add_argument("--state-dir", default=None, help="save/resume the training state here")
     a = p.parse_args(argv)
     try:
         if a.cmd == "list":
@@ -242,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError("name the entries to train, or pass --all")
             for n in names:
                 t0 = time.perf_counter()
-                path = train_entry(n, Path(a.out))
+                path = train_entry(n, Path(a.out), device=a.device, state_dir=a.state_dir)
                 print(f"{n}: wrote {path} in {time.perf_counter() - t0:.0f}s", flush=True)
         return 0
     except ProbcompError as e:

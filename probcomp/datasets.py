@@ -181,6 +181,7 @@ def blobs(
     colors: torch.Tensor | None = None,
     background: Sequence[float] = (0.0, 0.0, 0.0),
     margin: float = 0.1,
+    min_separation: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images of coloured objects; returns ``(images (n, 3, size, size), labels)``.
 
@@ -188,8 +189,10 @@ def blobs(
     ``color`` ``(n, K)`` palette indices, ``mask`` ``(n, K)`` which of the ``K = max``
     slots hold an object, and ``count`` ``(n,)``.  Objects are Gaussian blobs of
     standard deviation ``radius`` pixels or squares of half-side ``radius``; where
-    objects overlap the later one is painted on top.  Pixel values are mapped from
-    [0, 1] to [-1, 1].
+    objects overlap the later one is painted on top; ``min_separation`` (pixels)
+    redraws a centre until it lies at least that far from the earlier ones (by
+    rejection, so the centres are uniform on the allowed set).  Pixel values are
+    mapped from [0, 1] to [-1, 1].
     """
     lo, hi = num_objects
     if not (1 <= lo <= hi):
@@ -200,6 +203,16 @@ def blobs(
     count = torch.randint(lo, hi + 1, (n,), generator=generator)
     mask = torch.arange(hi)[None, :] < count[:, None]
     xy = margin + (1 - 2 * margin) * torch.rand(n, hi, 2, generator=generator)
+    for k in range(1, hi if min_separation > 0 else 0):
+        for _ in range(1000):
+            d = (xy[:, :k] - xy[:, k : k + 1]).norm(dim=-1) * size
+            bad = (d < min_separation).any(1)
+            if not bool(bad.any()):
+                break
+            redraw = margin + (1 - 2 * margin) * torch.rand(n, 2, generator=generator)
+            xy[:, k] = torch.where(bad[:, None], redraw, xy[:, k])
+        else:
+            raise DataError(f"cannot place {hi} objects {min_separation} px apart in a {size} px image")
     color = torch.randint(pal.shape[0], (n, hi), generator=generator)
     img = torch.tensor(background, dtype=torch.float32).reshape(1, 3, 1, 1).repeat(n, 1, size, size)
     grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size

@@ -5,6 +5,7 @@ import torch
 
 import probcomp as pc
 from probcomp import datasets
+from probcomp.errors import DataError
 
 
 @pytest.mark.parametrize("name", sorted(datasets.DATASETS_2D))
@@ -77,3 +78,12 @@ def test_smooth_signals_and_textures(gen):
     t = datasets.textures(2, gen, size=32)
     assert t.shape == (2, 1, 32, 32)
     assert float((t[..., 1:, :] * t[..., :-1, :]).mean()) > 0.7
+
+
+def test_blob_separation_is_respected(gen):
+    x, lab = datasets.blobs(200, gen, num_objects=(5, 5), min_separation=7.0)
+    d = (lab["xy"][:, :, None] - lab["xy"][:, None, :]).norm(dim=-1) * 32
+    off = ~torch.eye(5, dtype=torch.bool)
+    assert float(d[:, off].min()) >= 7.0
+    with pytest.raises(DataError, match="cannot place"):
+        datasets.blobs(4, gen, num_objects=(8, 8), min_separation=40.0)

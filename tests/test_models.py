@@ -10,6 +10,7 @@ import probcomp as pc
 from probcomp import schedules as sched
 from probcomp.inference import ReverseDiffusion
 from probcomp.models import EnergyModel, NetworkFactor, ResMLP, load, save, train
+from probcomp.models.networks import UNet
 from probcomp.models.training import _composed_eps
 
 
@@ -222,3 +223,18 @@ def test_unet_trains_on_blob_images():
 
     res = train(u, data, steps=30, batch=16, lr=2e-3, seed=0, log_every=10)
     assert res.losses[-1] < res.losses[0]
+
+
+def test_spatial_condition_is_drawn_as_a_map_and_round_trips(tmp_path):
+    net = UNet(3, 16, 8, (1, 2), continuous={"xy": 2}, coords=True, spatial={"xy": 0.1})
+    xy = torch.tensor([[0.25, 0.75], [float("nan"), float("nan")]])
+    y = torch.zeros(2, 3, 16, 16)
+    hm = net._heatmap(xy, 0.1, y)
+    assert hm.shape == (2, 1, 16, 16) and float(hm[1].abs().max()) == 0.0  # absent: no map
+    peak = divmod(int(hm[0, 0].argmax()), 16)
+    assert peak in {(11, 3), (12, 3), (11, 4), (12, 4)}  # row ~ y * 16, column ~ x * 16
+    path = save(tmp_path / "m", net, schedule=pc.schedules.linear(), event_shape=(3, 16, 16))
+    f = load(path)
+    assert f.net.config["spatial"] == {"xy": 0.1}
+    with pytest.raises(pc.DataError, match="spatial"):
+        UNet(3, 16, 8, (1, 2), continuous={"v": 3}, spatial={"v": 0.1})

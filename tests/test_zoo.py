@@ -15,19 +15,29 @@ def test_every_recipe_is_shipped():
     assert set(SHIPPED) == set(RECIPES)
 
 
+IMAGE_DATA = ("blob", "blobs-3-5", "texture-patch", "signal-window")
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_zoo_entry_loads_and_records_its_run(name):
     f = load(name)
     cfg = read_config(name)
-    assert f.event_shape == (2,) and f.name == name
+    assert f.event_shape == RECIPES[name].event_shape and f.name == name
     assert cfg["regenerate"] == f"python -m probcomp.models.zoo train {name}"
     assert cfg["steps"] == RECIPES[name].steps and cfg["train_wall_time_s"] > 0
     assert (ZOO_DIR / f"{name}.safetensors").stat().st_size < 2 * 1024 * 1024
-    q = cfg["quality"]
-    assert q["w2"] < 2.0 * q["w2_floor"], q  # samples are close to the data
-    y = torch.randn(4, 2)
+    y = torch.randn(4, *f.event_shape)
     assert torch.isfinite(f.score(y, 0.5)).all()
     assert f.has_energy == cfg["parameterisation"].startswith("energy-")
+    q = cfg["quality"]
+    if cfg["data"] not in IMAGE_DATA:
+        assert q["w2"] < 2.0 * q["w2_floor"], q  # samples are close to the data
+    elif "sliced_w2" in q:  # textures and signals
+        assert q["sliced_w2"] < 1.5 * q["sliced_w2_floor"], q
+        assert abs(q["pixel_std"] / q["pixel_std_data"] - 1) < 0.1, q
+    else:  # object models: the detector finds the requested objects where they were asked for
+        gen = q.get("generated") or q["generated_k5"]
+        assert gen["hit_rate"] > 0.8 and gen["position_error_px"] < 1.0, q
 
 
 def test_quality_record_is_reproducible():

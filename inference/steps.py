@@ -1,0 +1,68 @@
+r"""The reverse-diffusion step shared by the engines, and the flat particle layout of kernels.
+
+One DDIM step from ``t`` to ``s < t`` on a composed score ``g`` (Song et al.
+2021, Eq. 12; ``eta = 1`` is DDPM's ancestral step):
+
+.. math::
+    \hat\epsilon = -\sigma_t g, \qquad \hat x_0 = (x + \sigma_t^2 g) / \alpha_t, \\
+    c = \eta \sqrt{\tfrac{\sigma_s^2}{\sigma_t^2}\big(1 - \tfrac{\bar\alpha_t}{\bar\alpha_s}\big)}, \qquad
+    x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\, \hat\epsilon + c z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Packer", "ReverseStep"]
+
+
+@dataclass(frozen=True)
+class ReverseStep:
+    """Coefficients of one DDIM/DDPM step from ``t`` to ``s``: ``x_s = mean_x x + mean_g g + noise z``."""
+
+    a_t: float
+    s_t: float
+    a_s: float
+    s_s: float
+    eta: float
+
+    @property
+    def noise(self) -> float:
+        """``c``: the standard deviation of the step's fresh noise."""
+        if self.eta == 0 or self.s_s == 0:
+            return 0.0
+        return self.eta * (self.s_s**2 / self.s_t**2 * (1.0 - (self.a_t / self.a_s) ** 2)) ** 0.5
+
+    def x0(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Tweedie's denoised estimate ``(x + sigma_t^2 g) / alpha_t``."""
+        return (x + self.s_t**2 * g) / self.a_t
+
+    def mean(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """The deterministic part ``alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat``."""
+        keep = max(self.s_s**2 - self.noise**2, 0.0) ** 0.5
+        return self.a_s * self.x0(x, g) - keep * self.s_t * g
+
+    def __call__(self, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        out = self.mean(x, g)
+        c = self.noise
+        if c > 0:
+            out = out + c * torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+        return out
+
+
+class Packer:
+    """Flatten a state dict ``{name: (N, *shape)}`` into one ``(N, D)`` tensor and back."""
+
+    def __init__(self, shapes: dict[str, torch.Size]) -> None:
+        self.names = list(shapes)
+        self.shapes = [torch.Size(s) for s in shapes.values()]
+        self.sizes = [s.numel() for s in self.shapes]
+
+    def pack(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([x[k].reshape(x[k].shape[0], -1) for k in self.names], 1)
+
+    def unpack(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = torch.split(v, self.sizes, dim=1)
+        return {k: p.reshape(v.shape[0], *s) for k, p, s in zip(self.names, parts, self.shapes, strict=True)}
