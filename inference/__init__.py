@@ -4,6 +4,7 @@ Each engine compiles a :class:`probcomp.Scene` once (``engine.compile(scene)``)
 and runs the compiled loop (``engine.run(scene_or_compiled, ...)``).
 """
 
+from .annealed_mcmc import AnnealedMCMC
 from .reverse_diffusion import ReverseDiffusion
 
-__all__ = ["ReverseDiffusion"]
+__all__ = ["AnnealedMCMC", "ReverseDiffusion"]

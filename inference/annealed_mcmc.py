@@ -1,0 +1,391 @@
+r"""Annealed MCMC on the composed target of a scene (Du et al. 2023; Sjöberg et al. 2023).
+
+Reverse diffusion on summed scores samples the product of the *noised* factors
+at every level, which is not the noised product.  This engine instead runs, at
+each noise level ``t_i`` of a descending grid, ``k`` transitions of an MCMC
+kernel whose target is the composed density
+
+.. math:: \log \pi_t(X) = \sum_i w_i \log p_i^t(f_i(X)) + \text{const},
+          \qquad \nabla_X \log \pi_t = \sum_i w_i J_{f_i}^\top s_i(f_i(X), t),
+
+optionally followed by a reverse-diffusion step to ``t_{i+1}`` (the default, as in
+Du et al.).  The last step goes to ``t = 0`` and returns the denoised estimate.
+
+Kernels (``eps`` is the Langevin step, ``h = sqrt(2 eps)`` the leapfrog step, ``m`` the mass):
+
+* ``ula``  -- ``x' = x + eps g(x) + sqrt(2 eps) z``;
+* ``mala`` -- the same proposal with a Metropolis-Hastings test, including the
+  proposal densities ``log q(x'|x) = -|x' - x - eps g(x)|^2 / (4 eps)``;
+* ``uhmc`` -- underdamped Langevin: partial momentum refresh
+  ``p <- sqrt(1 - gamma) p + sqrt(gamma m) z`` (``gamma`` = ``damping``), then
+  ``L`` leapfrog steps, no test;
+* ``hmc``  -- the same with a test on ``H = -log pi + |p|^2 / (2 m)`` (the kinetic
+  term included) and the momentum negated on rejection (generalised HMC; with
+  ``damping = 1`` this is plain HMC).
+
+Metropolis tests (per particle, never for the batch at once) use
+
+* ``"energy"`` -- ``log pi`` from the factors' energies, exact;
+* ``"score"`` -- for score-only factors, the MCMC-correction construction
+  (Sjöberg et al.): ``log pi(x') - log pi(x) = int_0^1 g(x + u (x' - x)) . (x' - x) du``
+  by the trapezoid rule on ``trapezoid_points`` points (the end points' scores are
+  computed anyway, so 2 points cost nothing extra);
+* ``"effective"`` (HMC) -- the same integral along the leapfrog path, segment by
+  segment, from the scores the leapfrog already computed: no extra score calls.
+
+Step sizes follow the noise level, ``eps(t) = c * sigma_t^2``, and ``c`` adapts
+toward ``target_accept`` during the run by a Robbins-Monro update of ``log c``
+after every transition of an adjusted kernel; the step size used at each level is
+recorded.
+
+With ``resample`` (energies required), particles carry sequential-Monte-Carlo
+weights across levels: the reverse step is the forward kernel ``F`` and the
+forward noising ``B(x_t | x_s) = N(sqrt(abar_t / abar_s) x_s, 1 - abar_t / abar_s)``
+the backward kernel (Del Moral et al. 2006), so
+
+.. math:: \log w \mathrel{+}= \log\pi_s(x_s) + \log B(x_t | x_s) - \log\pi_t(x_t) - \log F(x_s | x_t),
+
+and the adjusted MCMC moves, which leave ``pi_s`` invariant, leave the weights
+alone.  When the effective sample size falls below ``ess_threshold * N`` the
+particles are resampled (systematic resampling) and the weights reset.  This is
+what moves mass between distant modes, which local MCMC at low noise cannot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from probcomp import schedules as sched
+from probcomp.compiled import CompiledScene
+from probcomp.errors import FactorError, SceneError, ScheduleError
+from probcomp.results import Result
+from probcomp.scene import Scene
+
+from .steps import Packer, ReverseStep
+
+__all__ = ["KERNELS", "AnnealedMCMC"]
+
+KERNELS = ("ula", "mala", "uhmc", "hmc")
+_ADJUSTED = ("mala", "hmc")
+_DEFAULT_ACCEPT = {"mala": 0.57, "hmc": 0.65}
+_DEFAULT_STEP = {"ula": 0.05, "mala": 0.05, "uhmc": 0.05, "hmc": 0.05}
+
+
+class _Target:
+    """The compiled target on flat ``(N, D)`` particles at one level, counting what it costs."""
+
+    def __init__(self, compiled: CompiledScene, packer: Packer, energy: bool) -> None:
+        self.compiled, self.packer, self.energy = compiled, packer, energy
+
+    def __call__(self, v: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.compiled.target(self.packer.unpack(v), t, energy=self.energy, check=False)
+        g = self.packer.pack(out.grad)
+        if not bool(torch.isfinite(g).all()):
+            self.compiled.diagnose(self.packer.unpack(v), t, f"in an MCMC move at t={t:.4g}")
+        return g, out.log_p
+
+
+class AnnealedMCMC:
+    """Annealed ULA / MALA / underdamped-Langevin / HMC over the controls of a scene.
+
+    Args:
+        kernel: ``"ula"``, ``"mala"``, ``"uhmc"`` or ``"hmc"``.
+        steps_per_level: MCMC transitions at every noise level.
+        levels: number of noise levels (reverse steps) from ``t_max`` to 0.
+        step_size: ``c`` in ``eps(t) = c sigma_t^2``, or a callable ``t -> eps``.
+        leapfrog_steps, damping, mass: of ``uhmc`` / ``hmc``.
+        metropolis: ``"energy"``, ``"score"``, ``"effective"`` (HMC) or ``None`` for the
+            default: energies when every factor has one, else the score line integral.
+        trapezoid_points: points of the trapezoid rule of ``"score"`` tests (>= 2).
+        adapt: adapt the step size toward ``target_accept`` (adjusted kernels).
+        target_accept: defaults to 0.57 (MALA) and 0.65 (HMC).
+        reverse_step: interleave a DDPM step between levels (else the particles are
+            carried to the next level unchanged).
+        resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``;
+            needs energies.
+        schedule, t_max, group, dtype, device, progress, callback: as in
+            :class:`~probcomp.inference.ReverseDiffusion`.
+    """
+
+    name = "annealed-mcmc"
+
+    def __init__(
+        self,
+        kernel: str = "hmc",
+        steps_per_level: int = 10,
+        levels: int = 100,
+        *,
+        step_size: float | Callable[[float], float] | None = None,
+        leapfrog_steps: int = 3,
+        damping: float = 0.5,
+        mass: float = 1.0,
+        metropolis: str | None = None,
+        trapezoid_points: int = 2,
+        adapt: bool = True,
+        target_accept: float | None = None,
+        adapt_rate: float = 0.05,
+        reverse_step: bool = True,
+        resample: str | None = None,
+        ess_threshold: float = 0.5,
+        schedule: sched.Schedule | None = None,
+        t_max: float = 1.0,
+        group: bool = True,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        if kernel not in KERNELS:
+            raise ScheduleError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if steps_per_level < 0 or levels < 1 or leapfrog_steps < 1:
+            raise ScheduleError("need steps_per_level >= 0, levels >= 1 and leapfrog_steps >= 1")
+        if not 0.0 < damping <= 1.0 or mass <= 0:
+            raise ScheduleError(f"need 0 < damping <= 1 and mass > 0, got {damping}, {mass}")
+        if metropolis not in (None, "energy", "score", "effective"):
+            raise ScheduleError(f"metropolis must be 'energy', 'score' or 'effective', got {metropolis!r}")
+        if metropolis is not None and kernel not in _ADJUSTED:
+            raise ScheduleError(f"kernel {kernel!r} has no Metropolis test; use 'mala' or 'hmc'")
+        if metropolis == "effective" and kernel != "hmc":
+            raise ScheduleError("the 'effective' test reuses leapfrog points: it needs kernel='hmc'")
+        if trapezoid_points < 2:
+            raise ScheduleError(f"trapezoid_points must be >= 2, got {trapezoid_points}")
+        if resample not in (None, "ess", "always"):
+            raise ScheduleError(f"resample must be None, 'ess' or 'always', got {resample!r}")
+        if isinstance(step_size, (int, float)) and step_size <= 0:
+            raise ScheduleError(f"step_size must be positive, got {step_size}")
+        self.kernel, self.k, self.levels = kernel, int(steps_per_level), int(levels)
+        self.step_size = _DEFAULT_STEP[kernel] if step_size is None else step_size
+        self.leapfrog_steps, self.damping, self.mass = int(leapfrog_steps), float(damping), float(mass)
+        self.metropolis, self.trapezoid_points = metropolis, int(trapezoid_points)
+        self.adapt = bool(adapt) and kernel in _ADJUSTED and not callable(self.step_size)
+        self.target_accept = target_accept if target_accept is not None else _DEFAULT_ACCEPT.get(kernel, 0.0)
+        self.adapt_rate = float(adapt_rate)
+        self.reverse_step, self.resample, self.ess_threshold = (
+            bool(reverse_step),
+            resample,
+            float(ess_threshold),
+        )
+        self.schedule = schedule if schedule is not None else sched.linear()
+        self.ts = sched.time_grid(self.levels, t_max=t_max, t_min=0.0)
+        self.group, self.dtype, self.device = group, dtype, torch.device(device)
+        self.progress, self.callback = progress, callback
+
+    # ------------------------------------------------------------------------------
+    def compile(self, scene: Scene) -> CompiledScene:
+        """Validate ``scene`` and build its batched target."""
+        compiled = CompiledScene(scene, self.schedule, group=self.group)
+        compiled.require_value_observables("AnnealedMCMC")
+        return compiled
+
+    def _test(self, compiled: CompiledScene) -> str | None:
+        """The Metropolis test this run uses (``None`` for unadjusted kernels)."""
+        if self.kernel not in _ADJUSTED:
+            return None
+        test = self.metropolis or ("energy" if compiled.has_energy else "score")
+        if test == "energy" and not compiled.has_energy:
+            lacking = sorted({t.factor.name for t in compiled.terms if not t.factor.has_energy})
+            raise FactorError(
+                f"metropolis='energy' needs an energy for every factor; {lacking} have only scores "
+                "(use metropolis='score' or 'effective')"
+            )
+        return test
+
+    def run(
+        self, scene: Scene | CompiledScene, num_samples: int = 1000, *, seed: int = 0, num_chains: int = 1
+    ) -> Result:
+        """Draw ``num_samples`` particles; same ``seed``, same samples."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise SceneError(f"num_samples must be a positive integer, got {num_samples!r}")
+        compiled = scene if isinstance(scene, CompiledScene) else self.compile(scene)
+        if compiled.schedule != self.schedule:
+            raise ScheduleError("the scene was compiled for a different schedule than this engine's")
+        test = self._test(compiled)
+        if self.resample and not compiled.has_energy:
+            raise FactorError("resample needs an energy for every factor (SMC weights are energy ratios)")
+        energy = test == "energy" or bool(self.resample)
+        compiled.reset_counters()
+        packer = Packer(compiled.shapes)
+        target = _Target(compiled, packer, energy)
+        gen = torch.Generator(self.device).manual_seed(int(seed))
+        n = num_samples
+        x = packer.pack(compiled.noise(n, gen, dtype=self.dtype, device=self.device))
+        p = self._randn(x, gen) * math.sqrt(self.mass)
+        lam = self.schedule.log_snr(self.ts)
+        alpha, sigma = torch.sigmoid(lam).sqrt().tolist(), torch.sigmoid(-lam).sqrt().tolist()
+        log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
+        log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
+        acc_level = torch.zeros(self.levels, n, dtype=self.dtype)
+        rec: dict[str, list[float]] = {"step_size": [], "accept": [], "ess": [], "nfe": [], "resampled": []}
+        start = time.perf_counter()
+        t = float(self.ts[0])
+        g, logp = target(x, t)
+        bar = tqdm(range(self.levels), desc=f"annealed {self.kernel}", disable=not self.progress, leave=False)
+        with torch.no_grad():
+            for i in bar:
+                t = float(self.ts[i])
+                nfe0 = compiled.nfe_total
+                accs = []
+                for _ in range(self.k):
+                    eps = self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma[i] ** 2
+                    x, g, logp, p, acc = self._transition(target, test, x, g, logp, p, t, eps, gen)
+                    if acc is not None:
+                        accs.append(acc)
+                        if self.adapt:
+                            log_c += self.adapt_rate * (float(acc.mean()) - self.target_accept) * 10
+                rec["step_size"].append(
+                    self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma[i] ** 2
+                )
+                mean_acc = torch.stack(accs).mean(0) if accs else torch.full((n,), float("nan"))
+                acc_level[i] = mean_acc.to(acc_level.dtype).cpu()
+                rec["accept"].append(float(mean_acc.mean()))
+                # move to the next level
+                s = float(self.ts[i + 1])
+                step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], 1.0)
+                new = step(x, g, gen) if self.reverse_step or s == 0.0 else x
+                if not bool(torch.isfinite(new).all()):
+                    compiled.diagnose(packer.unpack(x), t, f"in the step from level t={t:.4g}")
+                if s > 0.0:
+                    g_new, logp_new = target(new, s)
+                    if self.resample and self.reverse_step:
+                        log_w += self._log_weight(step, x, new, g, logp, logp_new)
+                    elif self.resample:  # annealed importance sampling: pi_s / pi_t at the same point
+                        log_w += (logp_new - logp).double()
+                    x, g, logp = new, g_new, logp_new
+                else:
+                    x = new
+                ess = _ess(log_w)
+                resampled = 0.0
+                if self.resample and s > 0.0 and (self.resample == "always" or ess < self.ess_threshold * n):
+                    idx = _systematic(log_w, gen)
+                    x, g, p = x[idx], g[idx], p[idx]
+                    logp = logp[idx] if logp is not None else None
+                    log_w.zero_()
+                    resampled = 1.0
+                rec["ess"].append(ess / n)
+                rec["resampled"].append(resampled)
+                rec["nfe"].append(compiled.nfe_total - nfe0)
+                if self.callback is not None:
+                    self.callback({"i": i, "t": t, "x": packer.unpack(x), "step_size": rec["step_size"][-1]})
+        wall = time.perf_counter() - start
+        stats = {
+            "nfe": dict(compiled.nfe),
+            "nfe_total": compiled.nfe_total,
+            "calls": compiled.calls,
+            "wall_time": wall,
+            "t": self.ts[:-1].clone(),
+            "kernel": self.kernel,
+            "metropolis": test,
+            "steps_per_level": self.k,
+            "levels": self.levels,
+            **{k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()},
+        }
+        stats["accept_mean"] = float(torch.nanmean(stats["accept"])) if test else float("nan")
+        return Result(
+            packer.unpack(x),
+            stats,
+            {"accept": acc_level.T.contiguous()} if test else {},
+            num_chains=num_chains,
+            engine=f"{self.name}/{self.kernel}",
+        )
+
+    # ------------------------------------------------------------------------------
+    def _randn(self, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(like.shape, generator=gen, dtype=like.dtype, device=like.device)
+
+    def _transition(self, target, test, x, g, logp, p, t, eps, gen):
+        """One kernel transition; returns ``(x, g, logp, p, accept_prob or None)``."""
+        if self.kernel in ("ula", "mala"):
+            noise = self._randn(x, gen)
+            x1 = x + eps * g + math.sqrt(2 * eps) * noise
+            g1, logp1 = target(x1, t)
+            if test is None:
+                return x1, g1, logp1, p, None
+            log_q_fwd = -(noise.square().sum(1)) / 2  # |x1 - x - eps g|^2 / (4 eps)
+            log_q_bwd = -(x - x1 - eps * g1).square().sum(1) / (4 * eps)
+            d_logp = self._delta(target, test, x, x1, g, g1, logp, logp1, t, None)
+            log_a = d_logp + log_q_bwd - log_q_fwd
+            return self._accept(log_a, x, g, logp, p, x1, g1, logp1, p, gen, flip=False)
+        # (U-)HMC: partial refresh, leapfrog
+        gamma, m = self.damping, self.mass
+        p = math.sqrt(1 - gamma) * p + math.sqrt(gamma * m) * self._randn(x, gen)
+        h = math.sqrt(2 * eps)
+        xs, gs = [x], [g]
+        x1, g1, p1 = x, g, p
+        logp1 = None
+        for _ in range(self.leapfrog_steps):
+            p1 = p1 + 0.5 * h * g1
+            x1 = x1 + h * p1 / m
+            g1, logp1 = target(x1, t)
+            p1 = p1 + 0.5 * h * g1
+            xs.append(x1)
+            gs.append(g1)
+        if test is None:
+            return x1, g1, logp1, p1, None
+        d_logp = self._delta(target, test, x, x1, g, g1, logp, logp1, t, (xs, gs))
+        log_a = d_logp - (p1.square().sum(1) - p.square().sum(1)) / (2 * m)
+        return self._accept(log_a, x, g, logp, p, x1, g1, logp1, p1, gen, flip=True)
+
+    def _delta(self, target, test, x, x1, g, g1, logp, logp1, t, path):
+        """``log pi(x1) - log pi(x)`` per particle by the chosen test."""
+        if test == "energy":
+            return (logp1 - logp).to(x.dtype)
+        if test == "effective":
+            xs, gs = path
+            segments = zip(xs[:-1], xs[1:], gs[:-1], gs[1:], strict=True)
+            return sum(((b - a) * (ga + gb)).sum(1) / 2 for a, b, ga, gb in segments)
+        n = self.trapezoid_points
+        d = x1 - x
+        total = (g * d).sum(1) / 2 + (g1 * d).sum(1) / 2
+        for j in range(1, n - 1):
+            gj, _ = target(x + (j / (n - 1)) * d, t)
+            total = total + (gj * d).sum(1)
+        return total / (n - 1)
+
+    def _accept(self, log_a, x, g, logp, p, x1, g1, logp1, p1, gen, *, flip: bool):
+        u = torch.rand(log_a.shape, generator=gen, dtype=log_a.dtype, device=log_a.device)
+        log_a = torch.nan_to_num(log_a, nan=-math.inf)
+        ok = torch.log(u) < log_a
+        col = ok[:, None]
+        x_new = torch.where(col, x1, x)
+        g_new = torch.where(col, g1, g)
+        p_new = torch.where(col, p1, -p if flip else p)
+        logp_new = torch.where(ok, logp1, logp) if logp is not None and logp1 is not None else None
+        return x_new, g_new, logp_new, p_new, log_a.clamp(max=0.0).exp()
+
+    def _log_weight(self, step: ReverseStep, x, x1, g, logp, logp1) -> torch.Tensor:
+        """SMC increment ``log pi_s(x1) + log B(x | x1) - log pi_t(x) - log F(x1 | x)`` (float64)."""
+        c = step.noise
+        ratio = (step.a_t / step.a_s) ** 2  # abar_t / abar_s
+        var_b = 1.0 - ratio
+        log_b = -(x - math.sqrt(ratio) * x1).double().square().sum(1) / (2 * var_b)
+        if c > 0:
+            log_f = -(x1 - step.mean(x, g)).double().square().sum(1) / (2 * c**2)
+            d = x.shape[1]
+            log_b = log_b - d / 2 * math.log(var_b)
+            log_f = log_f - d / 2 * math.log(c**2)
+        else:  # deterministic move: no kernel densities (the weight is then a plain importance ratio)
+            log_b = log_f = torch.zeros_like(log_b)
+        return logp1.double() - logp.double() + log_b - log_f
+
+
+def _ess(log_w: torch.Tensor) -> float:
+    """Effective sample size ``(sum w)^2 / sum w^2`` of log-weights."""
+    w = torch.softmax(log_w, 0)
+    return float(1.0 / w.square().sum())
+
+
+def _systematic(log_w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Systematic resampling indices from log-weights."""
+    n = log_w.shape[0]
+    w = torch.softmax(log_w, 0)
+    u = (
+        torch.rand((), generator=gen, dtype=torch.float64, device=log_w.device)
+        + torch.arange(n, dtype=torch.float64, device=log_w.device)
+    ) / n
+    return torch.searchsorted(torch.cumsum(w, 0), u).clamp(max=n - 1)
