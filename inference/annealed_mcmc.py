@@ -109,8 +109,9 @@ class AnnealedMCMC:
             carried to the next level unchanged).
         resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``;
             needs energies.
-        schedule, t_max, group, dtype, device, progress, callback: as in
+        schedule, t_max, group, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
+        callback: called at every level after its transitions with ``{i, t, x, step_size}``.
     """
 
     name = "annealed-mcmc"
@@ -244,6 +245,8 @@ class AnnealedMCMC:
                 mean_acc = torch.stack(accs).mean(0) if accs else torch.full((n,), float("nan"))
                 acc_level[i] = mean_acc.to(acc_level.dtype).cpu()
                 rec["accept"].append(float(mean_acc.mean()))
+                if self.callback is not None:  # the state at level t, after its MCMC transitions
+                    self.callback({"i": i, "t": t, "x": packer.unpack(x), "step_size": rec["step_size"][-1]})
                 # move to the next level
                 s = float(self.ts[i + 1])
                 step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], 1.0)
@@ -270,8 +273,6 @@ class AnnealedMCMC:
                 rec["ess"].append(ess / n)
                 rec["resampled"].append(resampled)
                 rec["nfe"].append(compiled.nfe_total - nfe0)
-                if self.callback is not None:
-                    self.callback({"i": i, "t": t, "x": packer.unpack(x), "step_size": rec["step_size"][-1]})
         wall = time.perf_counter() - start
         stats = {
             "nfe": dict(compiled.nfe),

@@ -81,7 +81,7 @@ def test_smooth_signals_and_textures(gen):
 
 
 def test_blob_separation_is_respected(gen):
-    x, lab = datasets.blobs(200, gen, num_objects=(5, 5), min_separation=7.0)
+    _, lab = datasets.blobs(200, gen, num_objects=(5, 5), min_separation=7.0)
     d = (lab["xy"][:, :, None] - lab["xy"][:, None, :]).norm(dim=-1) * 32
     off = ~torch.eye(5, dtype=torch.bool)
     assert float(d[:, off].min()) >= 7.0

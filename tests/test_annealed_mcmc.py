@@ -1,0 +1,163 @@
+"""Annealed MCMC against ground truth: kernels, Metropolis tests, adaptation, diagnostics."""
+
+import math
+
+import pytest
+import torch
+
+import probcomp as pc
+from probcomp import metrics, targets
+from probcomp.factors import Gaussian, GaussianMixture
+from probcomp.inference import AnnealedMCMC
+from probcomp.inference.annealed_mcmc import KERNELS
+
+
+def _scene(*factors, d=2):
+    sc = pc.Scene()
+    x = sc.control("x", (d,))
+    for k, f in enumerate(factors):
+        sc.observe(f"y{k}", x, factor=f)
+    return sc
+
+
+def _level_states(engine, scene, n, seed=0):
+    """States after the transitions of every level (callback), and the result."""
+    seen = []
+    engine.callback = lambda info: seen.append(info["x"]["x"].clone())
+    return seen, engine.run(scene, n, seed=seed)
+
+
+class _NoKinetic(AnnealedMCMC):
+    """A broken HMC that leaves the kinetic energy out of its test (must fail the variance check)."""
+
+    def _accept(self, log_a, x, g, logp, p, x1, g1, logp1, p1, gen, *, flip):
+        return super()._accept(logp1 - logp, x, g, logp, p, x1, g1, logp1, p1, gen, flip=flip)
+
+
+@pytest.mark.parametrize("engine_cls, ok", [(AnnealedMCMC, True), (_NoKinetic, False)])
+def test_hmc_with_a_large_step_keeps_the_exact_variance(engine_cls, ok):
+    """Standard normal target (its noised version is standard normal at every t): the start is
+    stationary, so 30 HMC transitions with a large leapfrog step must keep variance 1."""
+    f = Gaussian(torch.zeros(4), torch.eye(4))
+    eng = engine_cls(
+        "hmc", 30, 1, step_size=lambda t: 0.5 * 1.4**2, damping=1.0, metropolis="energy", t_max=0.5
+    )
+    seen, res = _level_states(eng, _scene(f, d=4), 4000)
+    var = float(seen[0].var(0).mean())
+    assert 0.2 < res.stats["accept_mean"] < 0.95
+    assert (abs(var - 1.0) < 0.06) == ok, var
+
+
+@pytest.mark.parametrize("kernel", ["mala", "hmc"])
+def test_adjusted_kernels_sample_an_anisotropic_gaussian_exactly(kernel):
+    cov = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
+    f = Gaussian(torch.zeros(2), cov)
+    eng = AnnealedMCMC(kernel, 40, 1, step_size=lambda t: 0.4, t_max=1e-3, damping=1.0)
+    seen, _ = _level_states(eng, _scene(f), 4000)
+    emp = torch.cov(seen[0].T.double())
+    target = cov.double() * float(f.schedule.abar(1e-3)) + float(1 - f.schedule.abar(1e-3)) * torch.eye(2)
+    torch.testing.assert_close(emp, target, atol=0.08, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["mala", "hmc"])
+def test_score_tests_equal_energy_tests_on_gaussians(kernel):
+    """The score is linear for a Gaussian, so the trapezoid line integral is exact: the score-based
+    and leapfrog-path tests accept exactly the moves the energy test accepts."""
+    f1 = Gaussian(torch.tensor([0.5, 0.0]), 0.3 * torch.eye(2))
+    f2 = Gaussian(torch.tensor([0.0, -0.2]), torch.tensor([[0.5, 0.1], [0.1, 0.2]]))
+    sc = _scene(f1, f2)
+    tests = ["energy", "score"] + (["effective"] if kernel == "hmc" else [])
+    out = {m: AnnealedMCMC(kernel, 3, 10, metropolis=m).run(sc, 500, seed=3)["x"] for m in tests}
+    for m in tests[1:]:
+        torch.testing.assert_close(out[m], out["energy"], atol=1e-4, rtol=0)
+
+
+def test_score_test_is_approximate_on_a_mixture_and_more_points_help():
+    ring, _, _ = targets.analytic_ring_bar()
+    eng = AnnealedMCMC("mala", 1, 1)
+    comp = eng.compile(_scene(ring))
+    from probcomp.inference.annealed_mcmc import _Target
+    from probcomp.inference.steps import Packer
+
+    tg = _Target(comp, Packer(comp.shapes), energy=True)
+    x = ring.sample(256, torch.Generator().manual_seed(0))
+    x1 = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    t = 0.02
+    (g, lp), (g1, lp1) = tg(x, t), tg(x1, t)
+    exact = lp1 - lp
+    errs = []
+    for n in (2, 4, 8):
+        eng.trapezoid_points = n
+        errs.append(float((eng._delta(tg, "score", x, x1, g, g1, lp, lp1, t, None) - exact).abs().mean()))
+    assert errs[0] > 1e-3 and errs[2] < errs[1] < errs[0]
+
+
+def test_annealed_hmc_samples_the_analytic_ring_bar_product():
+    """Ground truth: exact scores and energies; W2 within 2x of the two-draw floor."""
+    ring, bar, prod = targets.analytic_ring_bar()
+    sc = _scene(ring, bar)
+    g = torch.Generator().manual_seed(1)
+    ref, ref2 = prod.sample(1000, g), prod.sample(1000, g)
+    floor = metrics.w2(ref, ref2)
+    res = AnnealedMCMC("hmc", 5, 50).run(sc, 1000, seed=0)
+    rd = pc.inference.ReverseDiffusion(50).run(sc, 1000, seed=0)
+    w_hmc, w_rd = metrics.w2(res["x"], ref), metrics.w2(rd["x"], ref)
+    assert w_hmc < 2.0 * floor and w_hmc < 0.7 * w_rd, (w_hmc, w_rd, floor)
+    assert res.stats["metropolis"] == "energy"
+    assert abs(res.stats["accept_mean"] - 0.65) < 0.05  # adapted toward the target
+
+
+def test_acceptance_is_per_particle_and_diagnostics_are_recorded():
+    gm = GaussianMixture(
+        torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), torch.tensor([0.1, 0.1]), torch.tensor([0.5, 0.5])
+    )
+    res = AnnealedMCMC("mala", 4, 8).run(_scene(gm), 400, seed=0, num_chains=4)
+    acc = res.particle_stats["accept"]
+    assert acc.shape == (400, 8) and float(acc[:, -1].std()) > 0.01  # differs between particles
+    for key in ("accept", "step_size", "ess", "nfe"):
+        assert res.stats[key].shape == (8,)
+    assert res.stats["nfe_total"] == int(res.stats["nfe"].sum()) + 1
+    idata = res.to_arviz()
+    assert idata.posterior["x"].shape[:2] == (4, 100) and "level" in idata.sample_stats["accept"].dims
+
+
+def test_unadjusted_kernels_cost_what_they_say():
+    f = Gaussian(torch.zeros(2), torch.eye(2))
+    for kernel, per in (("ula", 1), ("uhmc", 3)):
+        res = AnnealedMCMC(kernel, 2, 5, leapfrog_steps=3).run(_scene(f), 10, seed=0)
+        # one score per transition step, one per new level, one at the start (last level needs none)
+        assert res.stats["nfe_total"] == 5 * 2 * per + 4 + 1
+        assert math.isnan(res.stats["accept_mean"])
+
+
+def test_same_seed_same_samples_and_every_kernel_runs():
+    f = Gaussian(torch.zeros(2), torch.eye(2))
+    for kernel in KERNELS:
+        a = AnnealedMCMC(kernel, 2, 5).run(_scene(f), 50, seed=7)["x"]
+        b = AnnealedMCMC(kernel, 2, 5).run(_scene(f), 50, seed=7)["x"]
+        assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+def test_resampling_runs_and_reports_ess():
+    gm = GaussianMixture(
+        torch.tensor([[-0.5, 0.0], [0.5, 0.0]]), torch.tensor([0.1, 0.1]), torch.tensor([0.5, 0.5])
+    )
+    res = AnnealedMCMC("hmc", 2, 10, resample="always").run(_scene(gm), 200, seed=0)
+    assert float(res.stats["resampled"][:-1].min()) == 1.0
+    assert ((res.stats["ess"] > 0) & (res.stats["ess"] <= 1.0 + 1e-9)).all()
+
+
+def test_bad_configurations_are_refused_with_clear_errors():
+    with pytest.raises(pc.ScheduleError, match="kernel must be one of"):
+        AnnealedMCMC("nuts")
+    with pytest.raises(pc.ScheduleError, match="needs kernel='hmc'"):
+        AnnealedMCMC("mala", metropolis="effective")
+    with pytest.raises(pc.ScheduleError, match="no Metropolis test"):
+        AnnealedMCMC("ula", metropolis="energy")
+    with pytest.raises(pc.ScheduleError, match="trapezoid_points"):
+        AnnealedMCMC("hmc", trapezoid_points=1)
+    score_only = pc.models.load("ring8")
+    with pytest.raises(pc.FactorError, match="ring8"):
+        AnnealedMCMC("hmc", 1, 2, metropolis="energy").run(_scene(score_only), 4)
+    with pytest.raises(pc.FactorError, match="resample"):
+        AnnealedMCMC("hmc", 1, 2, resample="ess").run(_scene(score_only), 4)
