@@ -181,7 +181,7 @@ def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
 
 def evaluate(
     name_or_path: str,
-    n: int = 2000,
+    n: int | None = None,
     steps: int = 200,
     seed: int = 0,
     sampler: str = "ddpm",
@@ -189,15 +189,17 @@ def evaluate(
 ) -> dict:
     """W2 of a 2-D model's own reverse-diffusion samples against exact data, beside the floor.
 
-    The floor is the W2 between two independent exact data sets of the same size.
-    Image and signal models are scored by :func:`probcomp.models.zoo_data.evaluate`.
+    The floor is the W2 between two independent exact data sets of the same size
+    (``n`` defaults to 2000; 256 for image and signal models).  Image and signal
+    models are scored by :func:`probcomp.models.zoo_data.evaluate`.
     """
     from probcomp.inference import ReverseDiffusion
     from probcomp.scene import Scene
 
     factor = load(name_or_path)
     if factor.meta.get("data") not in _2D:
-        return zoo_data.evaluate(factor, factor.meta["data"], seed=seed, device=device)
+        return zoo_data.evaluate(factor, factor.meta["data"], n=n or 256, seed=seed, device=device)
+    n = n or 2000
     recipe = RECIPES.get(factor.meta.get("recipe_name", ""))
     ref_sampler = _data(recipe)[1] if recipe else datasets.get(factor.meta.get("data")).sample
     g = torch.Generator().manual_seed(seed + 1)
@@ -291,12 +293,18 @@ def list_models() -> list[dict[str, Any]]:
                 "name": cfg["name"],
                 "data": cfg.get("data"),
                 "parameterisation": cfg["parameterisation"],
-                "conditioning": cfg["architecture"].get("attributes") or None,
+                "conditioning": {
+                    **cfg["architecture"].get("attributes", {}),
+                    **cfg["architecture"].get("continuous", {}),
+                }
+                or None,
                 "steps": cfg.get("steps"),
                 "final_loss": cfg.get("final_loss"),
                 "w2": q.get("w2"),
                 "w2_floor": q.get("w2_floor"),
+                "quality": _headline(q),
                 "train_wall_time_s": cfg.get("train_wall_time_s"),
+                "train_device": cfg.get("train_device", "cpu"),
                 "size_kb": round(
                     (p.parent / (p.name[: -len(".json")] + ".safetensors")).stat().st_size / 1024, 1
                 ),
@@ -305,17 +313,32 @@ def list_models() -> list[dict[str, Any]]:
     return rows
 
 
+def _headline(q: dict[str, Any]) -> str:
+    """One line of a quality record: W2 / floor, sliced W2 / floor, or detector hit rate and error."""
+    if "w2" in q:
+        return f"W2 {q['w2']:.4f} (floor {q['w2_floor']:.4f})"
+    if "sliced_w2" in q:
+        return f"sliced W2 {q['sliced_w2']:.3f} (floor {q['sliced_w2_floor']:.3f}), std {q['pixel_std']:.3f}"
+    parts = []
+    for key in ("generated", "generated_k3", "generated_k5"):
+        if key in q:
+            g, k = q[key], key.split("_")[-1] if "_" in key else "k1"
+            parts.append(
+                f"{k}: hit {g['hit_rate']:.2f}, count {g['count_accuracy']:.2f}, "
+                f"err {g['position_error_px']:.2f}px, spurious {g['spurious_per_image']:.2f}"
+            )
+    return "; ".join(parts)
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'name':<15} {'data':<11} {'param':<12} {'steps':>6} {'loss':>7} {'W2':>7} {'floor':>7} "
-        f"{'train s':>8} {'KB':>6}"
+        f"{'name':<15} {'data':<14} {'param':<12} {'steps':>6} {'loss':>7} {'train s':>8} {'KB':>6}  quality"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"{r['name']:<15} {r['data']:<11} {r['parameterisation']:<12} {r['steps']:>6} "
-            f"{r['final_loss']:>7.4f} {r['w2'] or float('nan'):>7.4f} {r['w2_floor'] or float('nan'):>7.4f} "
-            f"{r['train_wall_time_s']:>8} {r['size_kb']:>6}"
+            f"{r['name']:<15} {r['data']:<14} {r['parameterisation']:<12} {r['steps']:>6} "
+            f"{r['final_loss']:>7.4f} {r['train_wall_time_s']:>8} {r['size_kb']:>6}  {r['quality']}"
         )
     return "\n".join(lines)
 

@@ -22,3 +22,15 @@ def test_reverse_diffusion_benchmark_quick():
     assert data["overhead"]["same_samples_as_handwritten"]
     assert data["grouping"]["max_abs_diff"] == 0.0
     assert data["grouping"]["calls_grouped"] * 4 == data["grouping"]["calls_per_window"]
+
+
+@pytest.mark.slow
+def test_product2d_benchmark_quick():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "product2d.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(out.stdout)
+    assert "summary" in data
