@@ -34,3 +34,14 @@ def test_product2d_benchmark_quick():
     )
     data = json.loads(out.stdout)
     assert "summary" in data
+
+
+@pytest.mark.slow
+def test_annealed_overhead_benchmark_quick():
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "annealed_overhead.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(out.stdout)["same_samples_as_handwritten"]
