@@ -290,7 +290,10 @@ class AnnealedMCMC:
         return Result(
             packer.unpack(x),
             stats,
-            {"accept": acc_level.T.contiguous()} if test else {},
+            {
+                **({"accept": acc_level.T.contiguous()} if test else {}),
+                **({"log_weight": log_w.cpu()} if self.resample else {}),
+            },
             num_chains=num_chains,
             engine=f"{self.name}/{self.kernel}",
         )

@@ -145,6 +145,23 @@ def test_resampling_runs_and_reports_ess():
     res = AnnealedMCMC("hmc", 2, 10, resample="always").run(_scene(gm), 200, seed=0)
     assert float(res.stats["resampled"][:-1].min()) == 1.0
     assert ((res.stats["ess"] > 0) & (res.stats["ess"] <= 1.0 + 1e-9)).all()
+    assert res.particle_stats["log_weight"].shape == (200,)
+
+
+def test_importance_weights_move_mass_out_of_modes_the_product_leaves():
+    """Ring x bar (analytic): annealed HMC leaves mass in the diagonal ring modes, which the
+    product all but empties; the annealed importance weights (no resampling) take it out."""
+    ring, bar, prod = targets.analytic_ring_bar()
+    eng = AnnealedMCMC("hmc", 5, 50, resample="ess", ess_threshold=0.0, reverse_step=False)
+    res = eng.run(_scene(ring, bar), 1000, seed=0)
+    means = targets.ring_means(0.5, 8)
+    label = (res["x"][:, None, :] - means[None]).norm(dim=-1).argmin(1)
+    w = torch.softmax(res.particle_stats["log_weight"], 0)
+    minor = [0, 1, 3, 4, 5, 7]
+    plain = float(torch.isin(label, torch.tensor(minor)).double().mean())
+    weighted = float(w[torch.isin(label, torch.tensor(minor))].sum())
+    exact = float(prod.weights.reshape(8, -1).sum(1)[minor].sum())
+    assert plain > 3 * exact and abs(weighted - exact) < abs(plain - exact) / 2, (plain, weighted, exact)
 
 
 def test_bad_configurations_are_refused_with_clear_errors():
