@@ -38,7 +38,7 @@ toward ``target_accept`` during the run by a Robbins-Monro update of ``log c``
 after every transition of an adjusted kernel; the step size used at each level is
 recorded.
 
-With ``resample`` (energies required), particles carry sequential-Monte-Carlo
+With ``resample``, particles carry sequential-Monte-Carlo
 weights across levels: the reverse step is the forward kernel ``F`` and the
 forward noising ``B(x_t | x_s) = N(sqrt(abar_t / abar_s) x_s, 1 - abar_t / abar_s)``
 the backward kernel (Del Moral et al. 2006), so
@@ -46,7 +46,13 @@ the backward kernel (Del Moral et al. 2006), so
 .. math:: \log w \mathrel{+}= \log\pi_s(x_s) + \log B(x_t | x_s) - \log\pi_t(x_t) - \log F(x_s | x_t),
 
 and the adjusted MCMC moves, which leave ``pi_s`` invariant, leave the weights
-alone.  When the effective sample size falls below ``ess_threshold * N`` the
+alone (with ``reverse_step=False`` the increment is the annealed-importance ratio
+``log pi_s(x) - log pi_t(x)``).  Energies give these ratios exactly.  Score-only
+scenes get them from scores alone, in the spirit of the Feynman-Kac correctors of
+Skreta et al. (2025): the change of ``log pi`` in noise level at fixed ``x`` follows
+from the Fokker-Planck equation (:meth:`CompiledScene.log_snr_derivative`, a
+trapezoid in log-SNR between levels), and the change in space from the score's
+line integral.  When the effective sample size falls below ``ess_threshold * N`` the
 particles are resampled (systematic resampling) and the weights reset.  This is
 what moves mass between distant modes, which local MCMC at low noise cannot.
 """
@@ -108,7 +114,7 @@ class AnnealedMCMC:
         reverse_step: interleave a DDPM step between levels (else the particles are
             carried to the next level unchanged).
         resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``;
-            needs energies.
+            the final log-weights are in ``res.particle_stats["log_weight"]``.
         schedule, t_max, group, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
         callback: called at every level after its transitions with ``{i, t, x, step_size}``.
@@ -207,9 +213,7 @@ class AnnealedMCMC:
         if compiled.schedule != self.schedule:
             raise ScheduleError("the scene was compiled for a different schedule than this engine's")
         test = self._test(compiled)
-        if self.resample and not compiled.has_energy:
-            raise FactorError("resample needs an energy for every factor (SMC weights are energy ratios)")
-        energy = test == "energy" or bool(self.resample)
+        energy = test == "energy" or (bool(self.resample) and compiled.has_energy)
         compiled.reset_counters()
         packer = Packer(compiled.shapes)
         target = _Target(compiled, packer, energy)
@@ -255,10 +259,10 @@ class AnnealedMCMC:
                     compiled.diagnose(packer.unpack(x), t, f"in the step from level t={t:.4g}")
                 if s > 0.0:
                     g_new, logp_new = target(new, s)
-                    if self.resample and self.reverse_step:
-                        log_w += self._log_weight(step, x, new, g, logp, logp_new)
-                    elif self.resample:  # annealed importance sampling: pi_s / pi_t at the same point
-                        log_w += (logp_new - logp).double()
+                    if self.resample:
+                        log_w += self._increment(
+                            compiled, packer, target, step, x, new, g, g_new, logp, logp_new, t, s
+                        )
                     x, g, logp = new, g_new, logp_new
                 else:
                     x = new
@@ -362,8 +366,35 @@ class AnnealedMCMC:
         logp_new = torch.where(ok, logp1, logp) if logp is not None and logp1 is not None else None
         return x_new, g_new, logp_new, p_new, log_a.clamp(max=0.0).exp()
 
-    def _log_weight(self, step: ReverseStep, x, x1, g, logp, logp1) -> torch.Tensor:
-        """SMC increment ``log pi_s(x1) + log B(x | x1) - log pi_t(x) - log F(x1 | x)`` (float64)."""
+    def _increment(self, compiled, packer, target, step, x, x1, g, g1, logp, logp1, t, s) -> torch.Tensor:
+        """The log-weight increment of one level change (float64): see the module docstring.
+
+        With energies, ``log pi_s(x1) - log pi_t(x)`` is exact.  Score-only scenes split it
+        into ``log pi_s(x1) - log pi_s(x)`` (trapezoid line integral of the score at ``s``)
+        and ``log pi_s(x) - log pi_t(x)`` (trapezoid in log-SNR of
+        :meth:`~probcomp.compiled.CompiledScene.log_snr_derivative`, from scores alone).
+        """
+        if logp is not None and logp1 is not None:
+            d_logp = logp1.double() - logp.double()
+        else:
+            lam_t, lam_s = (float(self.schedule.log_snr(u)) for u in (t, s))
+            xd = packer.unpack(x)
+            d_time = compiled.log_snr_derivative(xd, t) + compiled.log_snr_derivative(xd, s)
+            d_logp = (lam_s - lam_t) / 2 * d_time
+            if self.reverse_step:  # trapezoid rule on trapezoid_points points from x to x1, at s
+                m = self.trapezoid_points
+                d = x1 - x
+                g_s, _ = target(x, s)
+                line = (g_s * d).sum(1) / 2 + (g1 * d).sum(1) / 2
+                for j in range(1, m - 1):
+                    line = line + (target(x + (j / (m - 1)) * d, s)[0] * d).sum(1)
+                d_logp = d_logp + line.double() / (m - 1)
+        if not self.reverse_step:
+            return d_logp
+        return d_logp + self._kernel_ratio(step, x, x1, g)
+
+    def _kernel_ratio(self, step: ReverseStep, x, x1, g) -> torch.Tensor:
+        """``log B(x | x1) - log F(x1 | x)`` of the reverse step (float64)."""
         c = step.noise
         ratio = (step.a_t / step.a_s) ** 2  # abar_t / abar_s
         var_b = 1.0 - ratio
@@ -375,7 +406,7 @@ class AnnealedMCMC:
             log_f = log_f - d / 2 * math.log(c**2)
         else:  # deterministic move: no kernel densities (the weight is then a plain importance ratio)
             log_b = log_f = torch.zeros_like(log_b)
-        return logp1.double() - logp.double() + log_b - log_f
+        return log_b - log_f
 
 
 def _ess(log_w: torch.Tensor) -> float:
