@@ -115,6 +115,10 @@ class AnnealedMCMC:
             carried to the next level unchanged).
         resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``;
             the final log-weights are in ``res.particle_stats["log_weight"]``.
+        t_min: the last MCMC level (then one denoising step to 0).  With the default 0 the
+            levels are uniform on ``[0, t_max]`` and the last MCMC level is ``t_max / levels``,
+            whose noise can be wider than fine structure of the target: Tweedie's final
+            denoising step then narrows the modes.
         schedule, t_max, group, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
         callback: called at every level after its transitions with ``{i, t, x, step_size}``.
@@ -142,6 +146,7 @@ class AnnealedMCMC:
         ess_threshold: float = 0.5,
         schedule: sched.Schedule | None = None,
         t_max: float = 1.0,
+        t_min: float = 0.0,
         group: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -179,7 +184,13 @@ class AnnealedMCMC:
             float(ess_threshold),
         )
         self.schedule = schedule if schedule is not None else sched.linear()
-        self.ts = sched.time_grid(self.levels, t_max=t_max, t_min=0.0)
+        if t_min > 0:  # MCMC levels from t_max down to t_min, then a last denoising step to 0
+            if not 0.0 < t_min < t_max:
+                raise ScheduleError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
+            grid = torch.linspace(t_max, t_min, self.levels, dtype=torch.float64)
+            self.ts = torch.cat([grid, grid.new_zeros(1)])
+        else:
+            self.ts = sched.time_grid(self.levels, t_max=t_max, t_min=0.0)
         self.group, self.dtype, self.device = group, dtype, torch.device(device)
         self.progress, self.callback = progress, callback
 
