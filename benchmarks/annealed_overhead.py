@@ -84,8 +84,10 @@ def _timed(fn, repeats: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="500 particles, 20 levels, 2 repeats")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (2-D work is fastest on one)")
     a = ap.parse_args()
-    n, levels, repeats = (500, 20, 2) if a.quick else (2000, 100, 5)
+    torch.set_num_threads(a.threads)
+    n, levels, repeats = (500, 20, 2) if a.quick else (2000, 100, 3)
     ring, bar, _ = targets.analytic_ring_bar()
     scene = pc.Scene()
     x = scene.control("x", (2,))

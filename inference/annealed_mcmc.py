@@ -84,17 +84,18 @@ _DEFAULT_STEP = {"ula": 0.05, "mala": 0.05, "uhmc": 0.05, "hmc": 0.05}
 
 
 class _Target:
-    """The compiled target on flat ``(N, D)`` particles at one level, counting what it costs."""
+    """The compiled target on flat ``(N, D)`` particles at one level, counting what it costs.
+
+    Scores are not checked here (a non-finite proposal is rejected by the Metropolis
+    test); the engine checks the state and its score once per level.
+    """
 
     def __init__(self, compiled: CompiledScene, packer: Packer, energy: bool) -> None:
         self.compiled, self.packer, self.energy = compiled, packer, energy
 
     def __call__(self, v: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = self.compiled.target(self.packer.unpack(v), t, energy=self.energy, check=False)
-        g = self.packer.pack(out.grad)
-        if not bool(torch.isfinite(g).all()):
-            self.compiled.diagnose(self.packer.unpack(v), t, f"in an MCMC move at t={t:.4g}")
-        return g, out.log_p
+        return self.packer.pack(out.grad), out.log_p
 
 
 class AnnealedMCMC:
@@ -246,7 +247,7 @@ class AnnealedMCMC:
             for i in bar:
                 t = float(self.ts[i])
                 nfe0 = compiled.nfe_total
-                accs = []
+                accs, x_start = [], x
                 for _ in range(self.k):
                     eps = self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma[i] ** 2
                     x, g, logp, p, acc = self._transition(target, test, x, g, logp, p, t, eps, gen)
@@ -254,6 +255,8 @@ class AnnealedMCMC:
                         accs.append(acc)
                         if self.adapt:
                             log_c += self.adapt_rate * (float(acc.mean()) - self.target_accept) * 10
+                if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(x).all())):
+                    compiled.diagnose(packer.unpack(x_start), t, f"in the MCMC moves at t={t:.4g}")
                 rec["step_size"].append(
                     self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma[i] ** 2
                 )

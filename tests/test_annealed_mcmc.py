@@ -224,3 +224,22 @@ def test_a_small_last_level_keeps_the_width_of_narrow_modes():
     assert narrow < 0.026 and abs(kept - 0.03) < 0.003 and kept > narrow + 0.003, (narrow, kept)
     with pytest.raises(pc.ScheduleError, match="t_min"):
         AnnealedMCMC(t_min=1.5)
+
+
+class _Broken(pc.factors.ScoreFactor):
+    """A factor whose score turns NaN below t = 0.5."""
+
+    def __init__(self):
+        super().__init__((2,), pc.schedules.linear(), "broken")
+
+    def score(self, y, t):
+        s = -y.clone()
+        return s * float("nan") if float(torch.as_tensor(t).max()) < 0.5 else s
+
+
+@pytest.mark.parametrize("kernel", ["ula", "hmc"])
+def test_a_nan_score_stops_the_run_and_names_the_factor(kernel):
+    with pytest.raises(pc.NumericalError, match="broken"):
+        AnnealedMCMC(kernel, 2, 10, metropolis="score" if kernel == "hmc" else None).run(
+            _scene(_Broken()), 20
+        )
