@@ -69,11 +69,11 @@ from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene
-from probcomp.errors import FactorError, SceneError, ScheduleError
+from probcomp.errors import FactorError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import Packer, ReverseStep
+from .steps import Packer, ReverseStep, prepare
 
 __all__ = ["KERNELS", "AnnealedMCMC"]
 
@@ -219,11 +219,7 @@ class AnnealedMCMC:
         self, scene: Scene | CompiledScene, num_samples: int = 1000, *, seed: int = 0, num_chains: int = 1
     ) -> Result:
         """Draw ``num_samples`` particles; same ``seed``, same samples."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise SceneError(f"num_samples must be a positive integer, got {num_samples!r}")
-        compiled = scene if isinstance(scene, CompiledScene) else self.compile(scene)
-        if compiled.schedule != self.schedule:
-            raise ScheduleError("the scene was compiled for a different schedule than this engine's")
+        compiled = prepare(self, scene, num_samples)
         test = self._test(compiled)
         energy = test == "energy" or (bool(self.resample) and compiled.has_energy)
         compiled.reset_counters()

@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene
-from probcomp.errors import SceneError, ScheduleError
+from probcomp.errors import ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import ReverseStep
+from .steps import ReverseStep, prepare
 
 __all__ = ["ReverseDiffusion"]
 
@@ -93,11 +93,7 @@ class ReverseDiffusion:
         num_chains: int = 1,
     ) -> Result:
         """Draw ``num_samples`` particles; same ``seed``, same samples."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise SceneError(f"num_samples must be a positive integer, got {num_samples!r}")
-        compiled = scene if isinstance(scene, CompiledScene) else self.compile(scene)
-        if compiled.schedule != self.schedule:
-            raise ScheduleError("the scene was compiled for a different schedule than this engine's")
+        compiled = prepare(self, scene, num_samples)
         compiled.reset_counters()
         gen = torch.Generator(self.device).manual_seed(int(seed))
         x = compiled.noise(num_samples, gen, dtype=self.dtype, device=self.device)

@@ -12,10 +12,24 @@ One DDIM step from ``t`` to ``s < t`` on a composed score ``g`` (Song et al.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["Packer", "ReverseStep"]
+from probcomp.compiled import CompiledScene
+from probcomp.errors import SceneError, ScheduleError
+
+__all__ = ["Packer", "ReverseStep", "prepare"]
+
+
+def prepare(engine: Any, scene: Any, num_samples: Any) -> CompiledScene:
+    """Check ``num_samples`` and return ``scene`` compiled for ``engine`` (compiling it if needed)."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise SceneError(f"num_samples must be a positive integer, got {num_samples!r}")
+    compiled = scene if isinstance(scene, CompiledScene) else engine.compile(scene)
+    if compiled.schedule != engine.schedule:
+        raise ScheduleError("the scene was compiled for a different schedule than this engine's")
+    return compiled
 
 
 @dataclass(frozen=True)
