@@ -32,6 +32,11 @@ Metropolis tests (per particle, never for the batch at once) use
   computed anyway, so 2 points cost nothing extra);
 * ``"effective"`` (HMC) -- the same integral along the leapfrog path, segment by
   segment, from the scores the leapfrog already computed: no extra score calls.
+  Caution: per leapfrog step this trapezoid estimate cancels the kinetic-energy
+  change algebraically, leaving ``log a = -(h^2/8) sum (|g_{l+1}|^2 - |g_l|^2)``,
+  which ignores the true energy error (the same holds for MALA's 2-point score
+  test); measured on ring x bar it is worse than no test.  Prefer energies or
+  ``"score"`` with ``trapezoid_points >= 3``.
 
 Step sizes follow the noise level, ``eps(t) = c * sigma_t^2``, and ``c`` adapts
 toward ``target_accept`` during the run by a Robbins-Monro update of ``log c``
