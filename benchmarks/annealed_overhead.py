@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 
 import torch
+from _timing import timed  # benchmarks/ is on sys.path when a script runs
 
 import probcomp as pc
 from probcomp import targets
@@ -71,16 +70,6 @@ def handwritten(factors, n: int, levels: int, k: int, seed: int) -> torch.Tensor
     return x
 
 
-def _timed(fn, repeats: int):
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="500 particles, 20 levels, 2 repeats")
@@ -95,8 +84,8 @@ def main() -> None:
     scene.observe("bar", x, factor=bar)
     eng = AnnealedMCMC("hmc", 10, levels, leapfrog_steps=3, damping=0.5)
     compiled = eng.compile(scene)
-    t_hand, xh = _timed(lambda: handwritten([ring, bar], n, levels, 10, 0), repeats)
-    t_pc, res = _timed(lambda: eng.run(compiled, n, seed=0), repeats)
+    t_hand, xh = timed(lambda: handwritten([ring, bar], n, levels, 10, 0), repeats)
+    t_pc, res = timed(lambda: eng.run(compiled, n, seed=0), repeats)
     print(
         json.dumps(
             {

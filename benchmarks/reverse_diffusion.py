@@ -19,27 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
+from _timing import timed  # benchmarks/ is on sys.path when a script runs
 
 import probcomp as pc
 from probcomp import metrics, ops
 from probcomp.demo import ring_and_bar
 from probcomp.inference import ReverseDiffusion
 from probcomp.models import ModelFactor
-
-
-def _timed(fn, repeats):
-    """Median wall time of ``repeats`` calls after one warm-up call."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
 
 
 def quality(n: int, steps_list: list[int], seed: int = 0) -> list[dict]:
@@ -100,8 +88,8 @@ def overhead(n: int, steps: int, repeats: int) -> dict:
     scene.observe("bar", x, factor=bar)
     eng = ReverseDiffusion(steps=steps)
     compiled = eng.compile(scene)
-    t_base, xb = _timed(lambda: handwritten_ddpm([ring, bar], n, steps, 0), repeats)
-    t_pc, res = _timed(lambda: eng.run(compiled, n, seed=0), repeats)
+    t_base, xb = timed(lambda: handwritten_ddpm([ring, bar], n, steps, 0), repeats)
+    t_pc, res = timed(lambda: eng.run(compiled, n, seed=0), repeats)
     return {
         "particles": n,
         "steps": steps,
@@ -142,8 +130,8 @@ def grouping(n: int, steps: int, windows: int, repeats: int) -> dict:
     grouped = ReverseDiffusion(steps=steps)
     single = ReverseDiffusion(steps=steps, group=False)
     cg, cs = grouped.compile(scene), single.compile(scene)
-    t_single, rs = _timed(lambda: single.run(cs, n, seed=0), repeats)
-    t_group, rg = _timed(lambda: grouped.run(cg, n, seed=0), repeats)
+    t_single, rs = timed(lambda: single.run(cs, n, seed=0), repeats)
+    t_group, rg = timed(lambda: grouped.run(cg, n, seed=0), repeats)
     return {
         "particles": n,
         "steps": steps,

@@ -85,7 +85,7 @@ __all__ = ["KERNELS", "AnnealedMCMC"]
 KERNELS = ("ula", "mala", "uhmc", "hmc")
 _ADJUSTED = ("mala", "hmc")
 _DEFAULT_ACCEPT = {"mala": 0.57, "hmc": 0.65}
-_DEFAULT_STEP = {"ula": 0.05, "mala": 0.05, "uhmc": 0.05, "hmc": 0.05}
+_DEFAULT_STEP = 0.05  # c in eps(t) = c sigma_t^2; adapted by the adjusted kernels
 
 
 class _Target:
@@ -178,7 +178,7 @@ class AnnealedMCMC:
         if isinstance(step_size, (int, float)) and step_size <= 0:
             raise ScheduleError(f"step_size must be positive, got {step_size}")
         self.kernel, self.k, self.levels = kernel, int(steps_per_level), int(levels)
-        self.step_size = _DEFAULT_STEP[kernel] if step_size is None else step_size
+        self.step_size = _DEFAULT_STEP if step_size is None else step_size
         self.leapfrog_steps, self.damping, self.mass = int(leapfrog_steps), float(damping), float(mass)
         self.metropolis, self.trapezoid_points = metropolis, int(trapezoid_points)
         self.adapt = bool(adapt) and kernel in _ADJUSTED and not callable(self.step_size)

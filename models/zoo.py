@@ -71,6 +71,20 @@ class Recipe:
 
 _2D = (*datasets.DATASETS_2D, "coind-toy")
 
+# the object models: U-Nets conditioned on a colour and a location drawn as a heat map
+_OBJECT_UNET: dict[str, Any] = dict(
+    parameterisation="eps",
+    steps=4000,
+    lr=5e-4,
+    ema=0.999,
+    attributes={"color": 6},
+    continuous={"xy": 2},
+    network="unet",
+    coords=True,
+    spatial={"xy": 0.1},
+    device="cuda",
+)
+
 RECIPES: dict[str, Recipe] = {
     "ring8": Recipe("ring8", notes="8 Gaussians, radius 0.5, std 0.03"),
     "ring8-energy": Recipe("ring8", "energy-norm", notes="ring8 with E = ||f||^2 / (2 sigma)"),
@@ -87,35 +101,17 @@ RECIPES: dict[str, Recipe] = {
     ),
     "blob-xy": Recipe(
         "blob",
-        "eps",
-        steps=4000,
         batch=128,
-        lr=5e-4,
-        ema=0.999,
-        attributes={"color": 6},
-        continuous={"xy": 2},
-        network="unet",
-        coords=True,
-        spatial={"xy": 0.1},
-        device="cuda",
         notes="one blob at a requested centre xy (continuous) and colour; 32x32 RGB",
+        **_OBJECT_UNET,
     ),
     "blobs-composed": Recipe(
         "blobs-3-5",
-        "eps",
-        steps=4000,
         batch=64,
-        lr=5e-4,
-        ema=0.999,
-        attributes={"color": 6},
-        continuous={"xy": 2},
         p_drop=0.0,
-        network="unet",
-        coords=True,
-        spatial={"xy": 0.1},
         objective="composed",
-        device="cuda",
         notes="3-5 objects, one (xy, colour) concept each, composed training (dissertation Eq. 5.5)",
+        **_OBJECT_UNET,
     ),
     "texture-patch": Recipe(
         "texture-patch",

@@ -10,15 +10,17 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def _quick(script: str, *args: str) -> dict:
+    """Run ``benchmarks/<script>`` with ``args`` and parse the JSON it prints."""
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), *args], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)
+
+
 @pytest.mark.slow
 def test_reverse_diffusion_benchmark_quick():
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "reverse_diffusion.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    data = json.loads(out.stdout)
+    data = _quick("reverse_diffusion.py", "--quick")
     assert data["overhead"]["same_samples_as_handwritten"]
     assert data["grouping"]["max_abs_diff"] == 0.0
     assert data["grouping"]["calls_grouped"] * 4 == data["grouping"]["calls_per_window"]
@@ -26,22 +28,10 @@ def test_reverse_diffusion_benchmark_quick():
 
 @pytest.mark.slow
 def test_product2d_benchmark_quick():
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "product2d.py"), "--quick", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    data = json.loads(out.stdout)
+    data = _quick("product2d.py", "--quick", "--json")
     assert "summary" in data
 
 
 @pytest.mark.slow
 def test_annealed_overhead_benchmark_quick():
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "annealed_overhead.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(out.stdout)["same_samples_as_handwritten"]
+    assert _quick("annealed_overhead.py", "--quick")["same_samples_as_handwritten"]
