@@ -24,7 +24,7 @@ samples and of exact samples, mode weights (nearest ring centre) of the two domi
 modes (ring components 2 and 6, at ``(0, +-0.5)``), the mass outside them, the largest
 ``|mode weight - exact|`` over the 8 modes, the spread of the samples inside the dominant
 modes, NFE, wall time and mean acceptance.  The SMC / AIS samplers' final weights
-(``particle_stats["log_weight"]``) are removed by systematic resampling before scoring.
+are removed by the engine's final systematic resampling (``final_resample=True``).
 A budget sweep (levels x transitions) of ``hmc-energy`` on the analytic variant, and a
 ``summary`` of the issue's goals, come with it.
 
@@ -221,15 +221,7 @@ def run_one(s: Sampler, v: Variant, n: int, levels: int, k: int, seed: int) -> t
     if s.smc:
         cost["resamplings"] = float(st["resampled"].sum())
         cost["ess_min"] = float(st["ess"].min())
-        log_w = res.particle_stats.get("log_weight")
-        if log_w is not None:  # the final weights: resample them away so every metric sees equal weights
-            w = torch.softmax(log_w.to(torch.float64), 0)
-            cost["final_ess"] = float(1.0 / w.square().sum()) / n
-            u = (
-                torch.rand((), generator=torch.Generator().manual_seed(9000 + seed), dtype=torch.float64)
-                + torch.arange(n, dtype=torch.float64)
-            ) / n
-            x = x[torch.searchsorted(torch.cumsum(w, 0), u).clamp(max=n - 1)]
+        cost["final_ess"] = float(st["ess_final"])  # the engine resamples the final weights away
     return x, cost
 
 

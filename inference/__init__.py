@@ -5,6 +5,7 @@ and runs the compiled loop (``engine.run(scene_or_compiled, ...)``).
 """
 
 from .annealed_mcmc import AnnealedMCMC
+from .per_step_em import PerStepEM
 from .reverse_diffusion import ReverseDiffusion
 
-__all__ = ["AnnealedMCMC", "ReverseDiffusion"]
+__all__ = ["AnnealedMCMC", "PerStepEM", "ReverseDiffusion"]

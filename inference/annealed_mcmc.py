@@ -28,14 +28,15 @@ Metropolis tests (per particle, never for the batch at once) use
 * ``"energy"`` -- ``log pi`` from the factors' energies, exact;
 * ``"score"`` -- for score-only factors, the MCMC-correction construction
   (Sjöberg et al.): ``log pi(x') - log pi(x) = int_0^1 g(x + u (x' - x)) . (x' - x) du``
-  by the trapezoid rule on ``trapezoid_points`` points (the end points' scores are
-  computed anyway, so 2 points cost nothing extra);
+  by the trapezoid rule on ``trapezoid_points`` points (default 3: one extra score
+  call per transition; the end points' scores are computed anyway);
 * ``"effective"`` (HMC) -- the same integral along the leapfrog path, segment by
   segment, from the scores the leapfrog already computed: no extra score calls.
   Caution: per leapfrog step this trapezoid estimate cancels the kinetic-energy
   change algebraically, leaving ``log a = -(h^2/8) sum (|g_{l+1}|^2 - |g_l|^2)``,
   which ignores the true energy error (the same holds for MALA's 2-point score
-  test); measured on ring x bar it is worse than no test.  Prefer energies or
+  test, and for HMC with one leapfrog step); measured on ring x bar it is worse than
+  no test.  The engine warns when a run would use such a test.  Prefer energies or
   ``"score"`` with ``trapezoid_points >= 3``.
 
 Step sizes follow the noise level, ``eps(t) = c * sigma_t^2``, and ``c`` adapts
@@ -57,7 +58,11 @@ scenes get them from scores alone, in the spirit of the Feynman-Kac correctors o
 Skreta et al. (2025): the change of ``log pi`` in noise level at fixed ``x`` follows
 from the Fokker-Planck equation (:meth:`CompiledScene.log_snr_derivative`, a
 trapezoid in log-SNR between levels), and the change in space from the score's
-line integral.  When the effective sample size falls below ``ess_threshold * N`` the
+line integral.  The log-SNR trapezoid needs small steps in log-SNR; on the default grid
+the last interval (to ``t_min = 1e-3``) is the widest, about 3 units at 100 levels, so
+score-only weights there are the least accurate (``t_min = 0`` or more levels narrow
+it, at the cost of the mode-width bias of :data:`probcomp.schedules.DEFAULT_T_MIN`).
+When the effective sample size falls below ``ess_threshold * N`` the
 particles are resampled (systematic resampling) and the weights reset.  This is
 what moves mass between distant modes, which local MCMC at low noise cannot.
 """
@@ -66,6 +71,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -119,12 +125,13 @@ class AnnealedMCMC:
         target_accept: defaults to 0.57 (MALA) and 0.65 (HMC).
         reverse_step: interleave a DDPM step between levels (else the particles are
             carried to the next level unchanged).
-        resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``;
-            the final log-weights are in ``res.particle_stats["log_weight"]``.
-        t_min: the last MCMC level (then one denoising step to 0).  With the default 0 the
-            levels are uniform on ``[0, t_max]`` and the last MCMC level is ``t_max / levels``,
-            whose noise can be wider than fine structure of the target: Tweedie's final
-            denoising step then narrows the modes.
+        resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``.
+        final_resample: with ``resample``, resample once more after the last level so the
+            returned particles are equally weighted (``stats["ess_final"]`` is the ESS
+            before it).  With ``False`` the particles keep their weights, in
+            ``res.particle_stats["log_weight"]`` (weight the samples by them).
+        t_min: the last MCMC level, then one denoising step to 0 (default 1e-3; with 0 the
+            levels are uniform on ``[0, t_max]``: see :data:`probcomp.schedules.DEFAULT_T_MIN`).
         schedule, t_max, group, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
         callback: called at every level after its transitions with ``{i, t, x, step_size}``.
@@ -143,16 +150,17 @@ class AnnealedMCMC:
         damping: float = 0.5,
         mass: float = 1.0,
         metropolis: str | None = None,
-        trapezoid_points: int = 2,
+        trapezoid_points: int = 3,
         adapt: bool = True,
         target_accept: float | None = None,
         adapt_rate: float = 0.05,
         reverse_step: bool = True,
         resample: str | None = None,
         ess_threshold: float = 0.5,
+        final_resample: bool = True,
         schedule: sched.Schedule | None = None,
         t_max: float = 1.0,
-        t_min: float = 0.0,
+        t_min: float = sched.DEFAULT_T_MIN,
         group: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -173,6 +181,7 @@ class AnnealedMCMC:
             raise ScheduleError("the 'effective' test reuses leapfrog points: it needs kernel='hmc'")
         if trapezoid_points < 2:
             raise ScheduleError(f"trapezoid_points must be >= 2, got {trapezoid_points}")
+        self.final_resample = bool(final_resample)
         if resample not in (None, "ess", "always"):
             raise ScheduleError(f"resample must be None, 'ess' or 'always', got {resample!r}")
         if isinstance(step_size, (int, float)) and step_size <= 0:
@@ -190,13 +199,7 @@ class AnnealedMCMC:
             float(ess_threshold),
         )
         self.schedule = schedule if schedule is not None else sched.linear()
-        if t_min > 0:  # MCMC levels from t_max down to t_min, then a last denoising step to 0
-            if not 0.0 < t_min < t_max:
-                raise ScheduleError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
-            grid = torch.linspace(t_max, t_min, self.levels, dtype=torch.float64)
-            self.ts = torch.cat([grid, grid.new_zeros(1)])
-        else:
-            self.ts = sched.time_grid(self.levels, t_max=t_max, t_min=0.0)
+        self.ts = sched.time_grid(self.levels, t_max=t_max, t_min=t_min)
         self.group, self.dtype, self.device = group, dtype, torch.device(device)
         self.progress, self.callback = progress, callback
 
@@ -217,6 +220,19 @@ class AnnealedMCMC:
             raise FactorError(
                 f"metropolis='energy' needs an energy for every factor; {lacking} have only scores "
                 "(use metropolis='score' or 'effective')"
+            )
+        degenerate = test == "effective" or (
+            test == "score"
+            and self.trapezoid_points == 2
+            and (self.kernel == "mala" or self.leapfrog_steps == 1)
+        )
+        if degenerate:
+            warnings.warn(
+                f"metropolis={test!r} with these settings reduces algebraically to "
+                "log a = -(eps/4)(|g(x')|^2 - |g(x)|^2), which ignores the energy change; use "
+                "energies or metropolis='score' with trapezoid_points >= 3 (AnnealedMCMC docs)",
+                UserWarning,
+                stacklevel=3,
             )
         return test
 
@@ -292,6 +308,10 @@ class AnnealedMCMC:
                 rec["ess"].append(ess / n)
                 rec["resampled"].append(resampled)
                 rec["nfe"].append(compiled.nfe_total - nfe0)
+        ess_final = _ess(log_w) / n
+        if self.resample and self.final_resample and bool((log_w != log_w[0]).any()):
+            x = x[_systematic(log_w, gen)]
+            log_w.zero_()
         wall = time.perf_counter() - start
         stats = {
             "nfe": dict(compiled.nfe),
@@ -303,6 +323,7 @@ class AnnealedMCMC:
             "metropolis": test,
             "steps_per_level": self.k,
             "levels": self.levels,
+            **({"ess_final": ess_final} if self.resample else {}),
             **{k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()},
         }
         stats["accept_mean"] = float(torch.nanmean(stats["accept"])) if test else float("nan")

@@ -6,8 +6,8 @@ scene's composed gradient ``g = sum_i w_i J_i^T s_i(f_i(X), t)``
 (:meth:`probcomp.compiled.CompiledScene.target`), and each step from ``t`` to
 ``s < t`` is the DDIM step of :class:`~probcomp.inference.steps.ReverseStep`.
 
-The grid runs from ``t_max`` to ``t_min`` (``t_min = 0`` makes the last step
-return the denoised estimate ``x0_hat``).  For a product of factors this samples
+The noisy levels run from ``t_max`` to ``t_min`` (default ``1e-3``) and the last step
+goes to 0, returning the denoised estimate ``x0_hat``.  For a product of factors this samples
 the product of the *noised* factors at every level, which is not the noised
 product: the bias that annealed MCMC corrects (notes seed; Du et al. 2023).
 """
@@ -40,7 +40,8 @@ class ReverseDiffusion:
         sampler: ``"ddpm"`` (ancestral, ``eta = 1``) or ``"ddim"`` (``eta`` below).
         eta: DDIM stochasticity in [0, 1]; 0 is the deterministic DDIM ODE step.
         schedule: the engine's noise schedule (factors are matched to it by log-SNR).
-        t_max, t_min: ends of the uniform time grid.
+        t_max, t_min: the noisy levels are uniform from ``t_max`` to ``t_min``, then a last
+            step to 0 (:func:`probcomp.schedules.time_grid`; ``t_min = 0``: uniform to 0).
         group: evaluate observables that share a factor in one batched call.
         dtype, device: of the particles.
         progress: show a tqdm bar over levels.
@@ -57,7 +58,7 @@ class ReverseDiffusion:
         *,
         schedule: sched.Schedule | None = None,
         t_max: float = 1.0,
-        t_min: float = 0.0,
+        t_min: float = sched.DEFAULT_T_MIN,
         group: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",

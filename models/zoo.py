@@ -94,6 +94,11 @@ RECIPES: dict[str, Recipe] = {
     "right-bar": Recipe("right-bar", notes="uniform on [0.2, 0.6] x [-1, 1]"),
     "box-0.7": Recipe("box-0.7", notes="uniform on [-0.7, 0.7]^2"),
     "box-0.3": Recipe("box-0.3", notes="uniform on [-0.3, 0.3]^2"),
+    # energy versions of the bars and boxes: mixtures and negations need log-density ratios
+    "left-bar-energy": Recipe("left-bar", "energy-norm", notes="left-bar with E = ||f||^2 / (2 sigma)"),
+    "right-bar-energy": Recipe("right-bar", "energy-norm", notes="right-bar with E = ||f||^2 / (2 sigma)"),
+    "box-0.7-energy": Recipe("box-0.7", "energy-norm", notes="box-0.7 with E = ||f||^2 / (2 sigma)"),
+    "box-0.3-energy": Recipe("box-0.3", "energy-norm", notes="box-0.3 with E = ||f||^2 / (2 sigma)"),
     "coind-vanilla": Recipe(
         "coind-toy",
         attributes={"c1": 2, "c2": 2},

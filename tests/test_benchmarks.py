@@ -35,3 +35,11 @@ def test_product2d_benchmark_quick():
 @pytest.mark.slow
 def test_annealed_overhead_benchmark_quick():
     assert _quick("annealed_overhead.py", "--quick")["same_samples_as_handwritten"]
+
+
+@pytest.mark.slow
+def test_mixture_negation_benchmark_quick():
+    """The analytic mixture (normalised energies) keeps its 0.3 / 0.7 weights under annealed HMC."""
+    data = _quick("mixture_negation.py", "--quick", "--json")
+    best = data["summary"]["mixture-analytic"]
+    assert best["best_in_support"] == 1.0 and best["best_mass_error"]["right"] < 0.05, best
