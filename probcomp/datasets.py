@@ -252,6 +252,27 @@ def smooth_signals(
     return _smooth_noise((n, length), length_scale, generator)
 
 
+def smooth_signal_covariance(width: int, *, length: int = 256, length_scale: float = 6.0) -> torch.Tensor:
+    r"""Covariance ``(width, width)`` of ``width`` consecutive samples of :func:`smooth_signals`.
+
+    The signals are white noise filtered by ``H(f) = exp(-2 pi^2 l^2 f^2)`` on a periodic
+    grid of ``length`` points, so they are a stationary Gaussian process with covariance
+    ``c(tau) = sum_f |H(f)|^2 cos(2 pi f tau) / sum_f |H(f)|^2``.  Each signal is then
+    rescaled to unit sample std *about its own mean*, whose variance is the share
+    ``c0 = |H(0)|^2 / sum_f |H(f)|^2`` of the total, so the covariance is ``c / (1 - c0)``
+    (the rescaling also makes the data only approximately Gaussian).
+    """
+    if not 0 < width <= length:
+        raise DataError(f"need 0 < width <= length, got width={width}, length={length}")
+    f = torch.fft.fftfreq(length, dtype=torch.float64)
+    power = torch.exp(-4 * (math.pi * length_scale * f) ** 2)
+    lag = torch.arange(width, dtype=torch.float64)
+    c = (power[None, :] * torch.cos(2 * math.pi * f[None, :] * lag[:, None])).sum(1) / power.sum()
+    c = c / (1 - float(power[0] / power.sum()))
+    idx = (lag[:, None] - lag[None, :]).abs().long()
+    return c[idx]
+
+
 def textures(
     n: int, generator: torch.Generator | None = None, *, size: int = 64, length_scale: float = 3.0
 ) -> torch.Tensor:

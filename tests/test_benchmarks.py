@@ -43,3 +43,10 @@ def test_mixture_negation_benchmark_quick():
     data = _quick("mixture_negation.py", "--quick", "--json")
     best = data["summary"]["mixture-analytic"]
     assert best["best_in_support"] == 1.0 and best["best_mass_error"]["right"] < 0.05, best
+
+
+@pytest.mark.slow
+def test_panorama_benchmark_quick():
+    data = _quick("panorama.py", "--quick", "--json")
+    rows = data["variants"]["analytic/stride16"]
+    assert rows["stitched"]["max_seam_ratio"] > 2 * rows["per-step-em"]["max_seam_ratio"]

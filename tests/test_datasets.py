@@ -87,3 +87,13 @@ def test_blob_separation_is_respected(gen):
     assert float(d[:, off].min()) >= 7.0
     with pytest.raises(DataError, match="cannot place"):
         datasets.blobs(4, gen, num_objects=(8, 8), min_separation=40.0)
+
+
+def test_smooth_signal_covariance_matches_the_data():
+    from probcomp import datasets
+
+    x = datasets.smooth_signals(4000, torch.Generator().manual_seed(0), length=256)[:, :32]
+    emp = torch.cov(x.T.double())
+    exact = datasets.smooth_signal_covariance(32)
+    assert float((emp - exact).abs().max()) < 0.04
+    assert float(exact[0, 0]) == pytest.approx(1.09, abs=0.01) and float(exact[0, 31]) < 0.05

@@ -147,3 +147,33 @@ def test_bad_configurations_and_scenes_are_refused():
     sc.observe("e", x, factor=pc.factors.explicit(lambda y: -y.square().sum(1), (2,)))
     with pytest.raises(pc.SceneError, match="only priors and explicit"):
         PerStepEM(5, 1).run(sc, 4)
+
+
+def test_gp_panorama_has_continuous_seams_unlike_stitched_windows():
+    """Five 32-sample windows at stride 8 over a 64-sample signal, each scored by the exact
+    Gaussian law of the training signals' windows: the fused panorama's jumps at window
+    edges stay near those of real signals, while independent windows side by side jump.
+    (At stride 16 the middle edge, where one window ends as another starts, jumps about
+    twice the typical amount: benchmarks/panorama.py.)"""
+    from probcomp import datasets
+
+    cov = datasets.smooth_signal_covariance(32).float() + 1e-4 * torch.eye(32)
+    patch = Gaussian(torch.zeros(32), cov)
+    sc = pc.Scene()
+    x = sc.control("x", (64,))
+    for j in range(5):
+        sc.observe(f"w{j}", x, factor=patch, fn=ops.window(8 * j, 32))
+    pano = PerStepEM(50, 1).run(sc, 256, seed=0)["x"]
+    single = pc.Scene()
+    single.observe("w", single.control("x", (32,)), factor=patch)
+    stitched = ReverseDiffusion(50).run(single, 512, seed=0)["x"].reshape(256, 64)
+    real = datasets.smooth_signals(256, torch.Generator().manual_seed(0))[:, :64]
+
+    def jump(v, b):
+        return float((v[:, b] - v[:, b - 1]).abs().mean())
+
+    typical = sum(jump(real, b) for b in range(1, 64)) / 63
+    edges = (8, 16, 24, 32, 40, 48, 56)
+    assert max(jump(pano, b) for b in edges) < 1.5 * typical
+    assert jump(stitched, 32) > 2.5 * typical
+    assert abs(float(pano.std()) - float(real.std())) < 0.1
