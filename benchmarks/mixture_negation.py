@@ -12,7 +12,10 @@ Two compositions that need energies (Du et al. 2023, "Reduce, Reuse, Recycle"):
 
 Variants: ``mixture-analytic`` (each bar an 8-Gaussian column with exact noised scores
 and *normalised* energies: the ground truth for the machinery), ``mixture-learned``
-(``left-bar-energy`` + ``right-bar-energy``) and ``negation-learned``
+(``left-bar-energy`` + ``right-bar-energy``; a learned energy is known up to a constant
+per model and noise level, which shifts the mixture weights), ``mixture-learned-normalised``
+(the same models wrapped in :class:`probcomp.factors.NormalisedEnergy`, which removes that
+constant by quadrature) and ``negation-learned``
 (``box-0.7-energy`` + ``box-0.3-energy``).  The analytic mixture's exact target is the
 16-component mixture itself.
 
@@ -52,12 +55,12 @@ import torch
 
 import probcomp as pc
 from probcomp import compose, metrics, targets
-from probcomp.factors import GaussianMixture
+from probcomp.factors import GaussianMixture, NormalisedEnergy
 from probcomp.inference import AnnealedMCMC, ReverseDiffusion
 
 WEIGHTS = (0.3, 0.7)  # left, right
 LEAPFROG, DAMPING = 3, 0.5
-VARIANTS = ("mixture-analytic", "mixture-learned", "negation-learned")
+VARIANTS = ("mixture-analytic", "mixture-learned", "mixture-learned-normalised", "negation-learned")
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,11 @@ def build_variant(name: str, gamma: float) -> Variant:
         return Variant(
             name, _scene(mix), exact, _mixture_masses, {"right": WEIGHTS[1]}, [left.name, right.name]
         )
-    if name == "mixture-learned":
+    if name in ("mixture-learned", "mixture-learned-normalised"):
         models = ["left-bar-energy", "right-bar-energy"]
         left, right = (pc.models.load(m) for m in models)
+        if name.endswith("normalised"):  # remove each model's unknown log Z(t) by quadrature
+            left, right = (NormalisedEnergy(f, radius=1.0) for f in (left, right))
         mix = compose.mixture([left, right], WEIGHTS, name="left-bar OR right-bar")
         return Variant(
             name, _scene(mix), targets.bar_mixture(WEIGHTS), _mixture_masses, {"right": WEIGHTS[1]}, models

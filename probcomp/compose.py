@@ -112,7 +112,11 @@ class Composite(ScoreFactor):
 
 
 class Mixture(ScoreFactor):
-    """``sum_k pi_k p_k``, from normalised energies (see the module docstring)."""
+    """``sum_k pi_k p_k``, from normalised energies (see the module docstring).
+
+    Learned energies carry an unknown constant per model and noise level, which shifts
+    the weights; wrap low-dimensional ones in :class:`probcomp.factors.NormalisedEnergy`.
+    """
 
     def __init__(
         self,

@@ -244,3 +244,40 @@ def test_log_density_value_against_torch():
     g = Gaussian([0.0, 0.0], 2.0)
     y = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     assert float(g.log_prob(y)) == pytest.approx(-math.log(2 * math.pi * 4) - 2 / 8)
+
+
+class _Shifted(pc.factors.ScoreFactor):
+    """An exact factor whose energy carries an arbitrary offset c(t), as a learned one does."""
+
+    def __init__(self, inner, shift):
+        super().__init__(inner.event_shape, inner.schedule, f"{inner.name}+c")
+        self.inner, self.shift = inner, shift
+
+    def score(self, y, t):
+        return self.inner.score(y, t)
+
+    def energy(self, y, t):
+        tt = pc.factors.as_time(t, y)
+        return self.inner.energy(y, t) + self.shift(tt).reshape(-1).to(y.dtype)
+
+
+def test_normalised_energy_removes_a_level_dependent_offset_and_fixes_mixture_weights():
+    from probcomp import compose
+
+    a = GaussianMixture(torch.tensor([[-0.5, 0.0]]), torch.tensor([0.1]), torch.tensor([1.0]))
+    b = GaussianMixture(torch.tensor([[0.5, 0.0]]), torch.tensor([0.2]), torch.tensor([1.0]))
+    sa, sb = _Shifted(a, lambda t: 3.0 * torch.sin(3 * t)), _Shifted(b, lambda t: -2.0 + t)
+    na, nb = pc.factors.NormalisedEnergy(sa, 1.5), pc.factors.NormalisedEnergy(sb, 1.5)
+    y = torch.randn(64, 2) * 0.4
+    for t in (0.0, 0.013, 0.3, 0.77, 1.0):
+        torch.testing.assert_close(na.energy(y, t), a.energy(y, t), atol=2e-3, rtol=0)
+        torch.testing.assert_close(nb.energy(y, t), b.energy(y, t), atol=2e-3, rtol=0)
+    # mixture weights: the softmax of log pi - E at a point between the components
+    mid = torch.tensor([[0.0, 0.0]])
+    exact = compose.mixture([a, b], [0.3, 0.7]).score(mid, 0.3)
+    fixed = compose.mixture([na, nb], [0.3, 0.7]).score(mid, 0.3)
+    raw = compose.mixture([sa, sb], [0.3, 0.7]).score(mid, 0.3)
+    torch.testing.assert_close(fixed, exact, atol=1e-2, rtol=0)
+    assert float((raw - exact).abs().max()) > 0.1
+    with pytest.raises(pc.FactorError, match="at most 3"):
+        pc.factors.NormalisedEnergy(_Shifted(Gaussian(torch.zeros(4), torch.eye(4)), lambda t: t), 1.0)

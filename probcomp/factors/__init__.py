@@ -5,6 +5,7 @@
 * :class:`ExplicitFactor` -- a clean log-density (Pyro distribution or callable).
 * :func:`explicit` -- the right factor for a distribution: exact Gaussian where possible.
 * :func:`exact_product` -- the exact (weighted) product of Gaussian mixtures.
+* :class:`NormalisedEnergy` -- a low-dimensional energy normalised by quadrature (mixtures).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ import torch
 from .. import schedules as sched
 from .base import ExplicitFactor, ScoreFactor, as_time, check_event
 from .gaussian import Gaussian, GaussianMixture, exact_product
+from .normalised import NormalisedEnergy
 
 __all__ = [
     "ExplicitFactor",
     "Gaussian",
     "GaussianMixture",
+    "NormalisedEnergy",
     "ScoreFactor",
     "as_time",
     "check_event",
