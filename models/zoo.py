@@ -332,13 +332,14 @@ def _headline(q: dict[str, Any]) -> str:
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:
+    w = max([4, *(len(r["name"]) for r in rows)])
     head = (
-        f"{'name':<15} {'data':<14} {'param':<12} {'steps':>6} {'loss':>7} {'train s':>8} {'KB':>6}  quality"
+        f"{'name':<{w}} {'data':<14} {'param':<12} {'steps':>6} {'loss':>7} {'train s':>8} {'KB':>6}  quality"
     )
     lines = [head]
     for r in rows:
         lines.append(
-            f"{r['name']:<15} {r['data']:<14} {r['parameterisation']:<12} {r['steps']:>6} "
+            f"{r['name']:<{w}} {r['data']:<14} {r['parameterisation']:<12} {r['steps']:>6} "
             f"{r['final_loss']:>7.4f} {r['train_wall_time_s']:>8} {r['size_kb']:>6}  {r['quality']}"
         )
     return "\n".join(lines)

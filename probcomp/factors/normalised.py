@@ -9,8 +9,11 @@ by ``softmax_k(log pi_k - E_k)`` and so by ``exp(c_j(t) - c_k(t))``.
 .. math:: \log Z(t) = \log \int \exp(-E(y, t))\, dy
 
 by the midpoint rule on a grid over the box ``|y_j| <= alpha_t R + w sigma_t`` (``R`` the
-data's half-width, ``w`` standard deviations of noise), at levels uniform in ``t``, and
-returns ``E + log Z(t)`` (linear interpolation in ``t``).  Feasible for ``d <= 3``.
+data's half-width, ``w`` standard deviations of noise), at levels ``t_k = t_0 + (1 - t_0)
+u_k^2`` (``u`` uniform: denser at low noise, where ``log Z`` moves fastest; ``t_0 = 1e-4``,
+because learned energies such as ``|f|^2 / (2 sigma)`` are undefined at ``t = 0``), and
+returns ``E + log Z(t)`` (linear interpolation in ``t``, constant below ``t_0``).
+Feasible for ``d <= 3``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .base import ScoreFactor, as_time
 
 __all__ = ["NormalisedEnergy"]
 
+_T0 = 1e-4  # first level of the log Z table
+
 
 class NormalisedEnergy(ScoreFactor):
     """``factor`` with its energy shifted so that ``exp(-E(., t))`` integrates to one at every ``t``.
@@ -32,7 +37,7 @@ class NormalisedEnergy(ScoreFactor):
         factor: a factor with an energy and an event of at most 3 values.
         radius: ``R``, the half-width of a box holding the clean data.
         points: grid points per axis (midpoint rule).
-        levels: noise levels of the ``log Z`` table (uniform in ``t`` on ``[0, 1]``).
+        levels: noise levels of the ``log Z`` table (see the module docstring).
         width: noise standard deviations added to the box at each level.
     """
 
@@ -66,7 +71,8 @@ class NormalisedEnergy(ScoreFactor):
     def log_normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(t, log Z(t))`` of the table (computed on first use, float64, on the CPU)."""
         if self._table is None:
-            ts = torch.linspace(0.0, 1.0, self.levels, dtype=torch.float64)
+            u = torch.linspace(0.0, 1.0, self.levels, dtype=torch.float64)
+            ts = _T0 + (1 - _T0) * u.square()
             d = self.event_shape.numel()
             out = []
             for t in ts.tolist():
@@ -83,11 +89,10 @@ class NormalisedEnergy(ScoreFactor):
         return self._table[0], self._table[1]
 
     def _log_z(self, t: Any, like: torch.Tensor) -> torch.Tensor:
-        _, values = self.log_normaliser()
-        tt = as_time(t, like).reshape(-1).to(torch.float64).cpu().clamp(0.0, 1.0)
-        pos = tt * (self.levels - 1)
-        lo = pos.floor().long().clamp(max=self.levels - 2)
-        frac = pos - lo
+        ts, values = self.log_normaliser()
+        tt = as_time(t, like).reshape(-1).to(torch.float64).cpu().clamp(_T0, 1.0)
+        lo = (torch.searchsorted(ts, tt, right=True) - 1).clamp(0, self.levels - 2)
+        frac = (tt - ts[lo]) / (ts[lo + 1] - ts[lo])
         z = values[lo] * (1 - frac) + values[lo + 1] * frac
         return z.expand(like.shape[0]).to(like.device, like.dtype)
 
