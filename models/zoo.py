@@ -98,7 +98,12 @@ RECIPES: dict[str, Recipe] = {
     "left-bar-energy": Recipe("left-bar", "energy-norm", notes="left-bar with E = ||f||^2 / (2 sigma)"),
     "right-bar-energy": Recipe("right-bar", "energy-norm", notes="right-bar with E = ||f||^2 / (2 sigma)"),
     "box-0.7-energy": Recipe("box-0.7", "energy-norm", notes="box-0.7 with E = ||f||^2 / (2 sigma)"),
-    "box-0.3-energy": Recipe("box-0.3", "energy-norm", notes="box-0.3 with E = ||f||^2 / (2 sigma)"),
+    "box-0.3-energy": Recipe(
+        "box-0.3",
+        "energy-norm",
+        steps=8000,
+        notes="box-0.3 with E = ||f||^2 / (2 sigma); 8000 steps (at 4000: W2 2.7x the floor)",
+    ),
     "coind-vanilla": Recipe(
         "coind-toy",
         attributes={"c1": 2, "c2": 2},
