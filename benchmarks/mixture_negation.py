@@ -220,7 +220,7 @@ def gamma_sweep(n: int, levels: int, log) -> list[dict[str, float]]:
         v = build_variant("negation-learned", gamma)
         x = ReverseDiffusion(steps=levels).run(v.scene, n, seed=0)["x"]
         row = {"gamma": gamma, **measure(x, ref, v), "max_abs": float(x.abs().max())}
-        rows.append({key: round(val, 5) for key, val in row.items()})
+        rows.append({key: None if math.isnan(val) else round(val, 5) for key, val in row.items()})
         log(f"negation gamma {gamma}: {rows[-1]}")
     return rows
 
