@@ -25,6 +25,7 @@ from .errors import (
     ScheduleError,
     ShapeError,
 )
+from .program import control, observe, scene_from_pyro
 from .results import Result
 from .scene import Scene, Var
 
@@ -42,12 +43,15 @@ __all__ = [
     "Var",
     "__version__",
     "compose",
+    "control",
     "datasets",
     "factors",
     "inference",
     "metrics",
     "models",
+    "observe",
     "ops",
+    "scene_from_pyro",
     "schedules",
 ]
 

@@ -1,0 +1,191 @@
+"""Scenes written as Pyro programs: ``control`` and ``observe`` sample sites.
+
+Inside any Python function (loops and helper functions included)::
+
+    def panorama():
+        x = probcomp.control("x", shape=(64,))
+        for j in range(3):
+            probcomp.observe(f"w{j}", x[..., 16 * j : 16 * j + 32], factor=patch)
+
+    scene = probcomp.scene_from_pyro(panorama)
+
+:func:`control` is a latent Pyro sample site and :func:`observe` an observed one whose
+distribution wraps the factor (a Pyro distribution given as ``factor`` becomes an
+explicit factor, exact where :func:`probcomp.factors.explicit` is).
+:func:`scene_from_pyro` runs the program under an effect handler that substitutes the
+controls, records each observed value, and finds each observable's parents by autograd;
+the observation function ``f_i`` is the program re-run with the controls substituted.
+Controls arrive with a leading particle axis ``(N, *shape)``, so the program must
+broadcast over it (index with ``x[..., a:b]``, not ``x[a:b]``); the build checks this.
+Any other ``pyro.sample`` site is refused with its name.  Plates are not supported yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.poutine.messenger import Messenger
+
+from . import ops
+from .errors import SceneError
+from .factors import ScoreFactor, explicit
+from .scene import Scene
+
+__all__ = ["control", "observe", "scene_from_pyro"]
+
+_KEY = "probcomp"
+
+
+class _Site(dist.TorchDistribution):
+    """A placeholder distribution of a given event shape (probcomp sites are never sampled by Pyro)."""
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.real
+
+    def __init__(self, event_shape: tuple[int, ...]) -> None:
+        super().__init__(torch.Size(), torch.Size(event_shape), validate_args=False)
+
+    def sample(self, sample_shape: Any = ()) -> torch.Tensor:
+        return torch.zeros(torch.Size(sample_shape) + self.event_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(value.shape[: value.dim() - len(self.event_shape)])
+
+
+def control(name: str, shape: Any = (), prior: Any = None) -> torch.Tensor:
+    """A control variable of ``shape`` (a latent site); ``prior`` as in :meth:`Scene.control`."""
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    info = {"kind": "control", "shape": shape, "prior": prior}
+    return pyro.sample(name, _Site(shape), infer={_KEY: info})
+
+
+def observe(
+    name: str, value: torch.Tensor, factor: Any, psi: float = 1.0, weight: float = 1.0
+) -> torch.Tensor:
+    """An observable ``y = value`` scored by ``factor`` (a probcomp factor or a Pyro distribution)."""
+    info = {"kind": "observe", "factor": factor, "psi": psi, "weight": weight}
+    return pyro.sample(name, _Site(tuple(value.shape[1:])), obs=value, infer={_KEY: info})
+
+
+class _Run(Messenger):
+    """Substitute controls (``(N, *shape)`` tensors, made on first sight when ``make`` is given),
+    record observed values and site information; refuse plain Pyro sample sites."""
+
+    def __init__(
+        self, values: dict[str, torch.Tensor], make: Callable[[tuple[int, ...]], torch.Tensor] | None
+    ):
+        super().__init__()
+        self.values, self.make = values, make
+        self.controls: dict[str, dict] = {}
+        self.observed: dict[str, tuple[torch.Tensor, dict]] = {}
+
+    def _pyro_sample(self, msg: dict) -> None:
+        name = msg["name"]
+        info = (msg.get("infer") or {}).get(_KEY)
+        if info is None:
+            raise SceneError(
+                f"sample site {name!r} is neither a probcomp.control nor a probcomp.observe site; "
+                "declare controls with probcomp.control and observables with probcomp.observe"
+            )
+        if name in self.controls or name in self.observed:
+            raise SceneError(f"site {name!r} appears twice in the program")
+        if info["kind"] == "control":
+            if name not in self.values:
+                if self.make is None:
+                    raise SceneError(f"control {name!r} was not in the program when the scene was built")
+                self.values[name] = self.make(info["shape"])
+            self.controls[name] = info
+            msg["value"] = self.values[name]
+        else:
+            self.observed[name] = (msg["value"], info)
+        msg["done"] = True
+        msg["stop"] = True
+
+
+def _run(program: Callable, args: tuple, kwargs: dict, values: dict, make=None) -> _Run:
+    handler = _Run(values, make)
+    with handler:
+        program(*args, **kwargs)
+    return handler
+
+
+class ProgramOp(ops.Op):
+    """``f_i``: the program re-run with the parents substituted; returns observable ``name``'s value."""
+
+    def __init__(
+        self,
+        program: Callable,
+        args: tuple,
+        kwargs: dict,
+        name: str,
+        parents: tuple[str, ...],
+        shapes: dict[str, tuple[int, ...]],
+    ) -> None:
+        self.program, self.args, self.kwargs = program, args, kwargs
+        self.name, self.parents, self.shapes = name, parents, shapes
+        self.arity = len(parents)
+
+    def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
+        ref = xs[0]
+        values = dict(zip(self.parents, xs, strict=True))
+        for k, s in self.shapes.items():  # controls this observable does not read
+            values.setdefault(k, torch.zeros((ref.shape[0], *s), dtype=ref.dtype, device=ref.device))
+        return _run(self.program, self.args, self.kwargs, values).observed[self.name][0]
+
+    def __repr__(self) -> str:
+        return f"program[{self.name}]"
+
+
+def scene_from_pyro(program: Callable, *args: Any, **kwargs: Any) -> Scene:
+    """Trace ``program(*args, **kwargs)`` and return the :class:`Scene` it declares."""
+    if not callable(program):
+        raise SceneError(f"scene_from_pyro needs a callable program, got {type(program).__name__}")
+    probe_n = 3
+
+    def make(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn((probe_n, *shape)).requires_grad_(True)
+
+    with torch.enable_grad():
+        run = _run(program, args, kwargs, {}, make)
+        if not run.controls:
+            raise SceneError("the program declares no probcomp.control site")
+        if not run.observed:
+            raise SceneError("the program declares no probcomp.observe site")
+        names = list(run.controls)
+        scene = Scene()
+        for n in names:
+            scene.control(n, run.controls[n]["shape"], prior=run.controls[n]["prior"])
+        shapes = {n: run.controls[n]["shape"] for n in names}
+        for obs, (value, info) in run.observed.items():
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != probe_n:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise SceneError(
+                    f"observable {obs!r}: its value must keep the leading particle axis of the controls "
+                    f"(expected ({probe_n}, ...), got {got}); index controls as x[..., a:b]"
+                )
+            identity = next((n for n in names if value is run.values[n]), None)
+            if identity is not None:
+                parents: tuple[str, ...] = (identity,)
+                fn: Any = ops.identity
+            else:
+                inputs = [run.values[n] for n in names]
+                grads = (
+                    torch.autograd.grad(value.sum(), inputs, allow_unused=True, retain_graph=True)
+                    if value.requires_grad
+                    else [None] * len(names)
+                )
+                parents = tuple(n for n, g in zip(names, grads, strict=True) if g is not None)
+                if not parents:
+                    raise SceneError(f"observable {obs!r} does not depend on any control")
+                fn = ProgramOp(program, args, kwargs, obs, parents, shapes)
+            factor = info["factor"]
+            event = tuple(value.shape[1:])
+            if not isinstance(factor, ScoreFactor):
+                factor = explicit(factor, event, name=obs)
+            scene.observe(obs, *parents, factor=factor, fn=fn, psi=info["psi"], weight=info["weight"])
+    return scene
