@@ -172,24 +172,12 @@ def format_table(out: dict[str, Any]) -> str:
 def _plot(
     path: str, log_density: Callable[[torch.Tensor], torch.Tensor], samples: dict[str, torch.Tensor]
 ) -> None:
-    import matplotlib
+    from . import plots
 
-    matplotlib.use("Agg")
+    fig = plots.samples_2d(
+        samples, log_density, title="ring x bar: samples (red) over the exact product density (grey)"
+    )
+    fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
-    g = torch.linspace(-1.0, 1.0, 200, dtype=torch.float64)
-    gx, gy = torch.meshgrid(g, g, indexing="xy")
-    dens = log_density(torch.stack([gx, gy], -1).reshape(-1, 2).float()).exp().reshape(200, 200)
-    fig, axes = plt.subplots(1, len(samples), figsize=(3.2 * len(samples), 3.3), sharex=True, sharey=True)
-    for ax, (label, xs) in zip(axes, samples.items(), strict=True):
-        ax.contourf(gx.numpy(), gy.numpy(), dens.numpy(), levels=20, cmap="Greys")
-        xs = xs[:1000].numpy()
-        ax.scatter(xs[:, 0], xs[:, 1], s=2, c="tab:red", alpha=0.5)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlim(-1, 1)
-        ax.set_ylim(-1, 1)
-        ax.set_aspect("equal")
-    fig.suptitle("ring x bar: samples (red) over the exact product density (grey)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,136 @@
+"""Plots of samples, images, per-level diagnostics and scene graphs (matplotlib, headless-safe).
+
+Every function returns the ``matplotlib.figure.Figure`` it drew (save it with
+``fig.savefig(path)``); none calls ``plt.show``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .errors import ShapeError
+from .results import Result
+from .scene import CONTROL, Scene
+
+__all__ = ["image_grid", "per_level", "samples_2d", "scene_graph"]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def samples_2d(
+    samples: torch.Tensor | dict[str, torch.Tensor],
+    log_density: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    *,
+    lim: float = 1.0,
+    max_points: int = 1000,
+    title: str | None = None,
+) -> Any:
+    """2-D samples (one panel per entry of a dict) as points over ``exp(log_density)`` in grey."""
+    plt = _plt()
+    panels = samples if isinstance(samples, dict) else {"samples": samples}
+    for label, xs in panels.items():
+        if xs.ndim != 2 or xs.shape[1] != 2:
+            raise ShapeError(f"samples_2d: {label!r} must be (N, 2), got {tuple(xs.shape)}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False, sharey=True)
+    dens = None
+    if log_density is not None:
+        g = torch.linspace(-lim, lim, 200, dtype=torch.float64)
+        gx, gy = torch.meshgrid(g, g, indexing="xy")
+        with torch.no_grad():
+            dens = log_density(torch.stack([gx, gy], -1).reshape(-1, 2).float()).exp().reshape(200, 200)
+    for ax, (label, xs) in zip(axes[0], panels.items(), strict=True):
+        if dens is not None:
+            ax.contourf(gx.numpy(), gy.numpy(), dens.double().numpy(), levels=20, cmap="Greys")
+        pts = xs[:max_points].detach().cpu().numpy()
+        ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:red", alpha=0.5)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: torch.Tensor, *, ncol: int = 8, titles: Sequence[str] | None = None) -> Any:
+    """Images ``(N, C, H, W)`` (C = 1 or 3, values roughly in [-1, 1]) in a grid."""
+    plt = _plt()
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ShapeError(f"image_grid: images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    n = images.shape[0]
+    ncol = min(ncol, n)
+    nrow = -(-n // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.2 * ncol, 1.2 * nrow), squeeze=False)
+    imgs = ((images.detach().cpu().float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(imgs[k, :, :, 0] if imgs.shape[-1] == 1 else imgs[k], cmap="gray", vmin=0, vmax=1)
+            if titles is not None:
+                ax.set_title(titles[k], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_level(result: Result, keys: Sequence[str] | None = None) -> Any:
+    """Per-level statistics of a run against the noise level ``t`` (acceptance, step size, ESS,
+    NFE, PerStepEM objectives, ...): every 1-D entry of ``result.stats`` as long as ``t``."""
+    plt = _plt()
+    t = result.stats.get("t")
+    if t is None:
+        raise ShapeError("per_level: the result has no per-level 't' in its stats")
+    t = torch.as_tensor(t).double()
+    per = {
+        k: torch.as_tensor(v).double()
+        for k, v in result.stats.items()
+        if k != "t" and isinstance(v, torch.Tensor) and v.ndim == 1 and v.shape == t.shape
+    }
+    if keys is not None:
+        missing = [k for k in keys if k not in per]
+        if missing:
+            raise ShapeError(f"per_level: no per-level stats {missing}; available: {sorted(per)}")
+        per = {k: per[k] for k in keys}
+    fig, axes = plt.subplots(len(per), 1, figsize=(5, 1.6 * max(len(per), 1)), sharex=True, squeeze=False)
+    for ax, (k, v) in zip(axes[:, 0], per.items(), strict=True):
+        ax.plot(t.numpy(), v.numpy(), lw=1)
+        ax.set_ylabel(k, fontsize=8)
+        if k in ("step_size", "objective_before", "objective_after") and bool((v > 0).all()):
+            ax.set_yscale("log")
+    axes[-1, 0].set_xlabel("noise level t")
+    axes[-1, 0].invert_xaxis()  # time runs from noise to data
+    fig.suptitle(result.engine, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def scene_graph(scene: Scene) -> Any:
+    """The bipartite graph of a scene: controls (blue circles) above observables (orange squares)."""
+    import networkx as nx
+
+    plt = _plt()
+    g = scene.graph
+    controls = [n for n, d in g.nodes(data=True) if d["kind"] == CONTROL]
+    observables = [n for n in g.nodes if n not in controls]
+    pos = {n: (i - (len(controls) - 1) / 2, 1.0) for i, n in enumerate(controls)}
+    pos.update({n: (i - (len(observables) - 1) / 2, 0.0) for i, n in enumerate(observables)})
+    fig, ax = plt.subplots(figsize=(max(3.0, 1.1 * max(len(controls), len(observables))), 2.6))
+    nx.draw_networkx_nodes(g, pos, nodelist=controls, node_color="tab:blue", node_shape="o", ax=ax)
+    nx.draw_networkx_nodes(g, pos, nodelist=observables, node_color="tab:orange", node_shape="s", ax=ax)
+    nx.draw_networkx_edges(g, pos, ax=ax, arrows=True)
+    labels = {n: n if n in controls else f"{n}\n{g.nodes[n]['factor'].name}" for n in g.nodes}
+    nx.draw_networkx_labels(g, pos, labels, font_size=7, ax=ax)
+    ax.set_axis_off()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,43 @@
+"""Plots draw what they are given (headless) and refuse bad shapes with clear errors."""
+
+import pytest
+import torch
+
+import probcomp as pc
+from probcomp import ops, plots
+from probcomp.factors import Gaussian
+from probcomp.inference import AnnealedMCMC, PerStepEM
+
+
+def test_plots_draw_samples_images_levels_and_graphs(tmp_path):
+    g = Gaussian(torch.zeros(2), 0.1 * torch.eye(2))
+    fig = plots.samples_2d({"a": torch.randn(50, 2), "b": torch.randn(50, 2)}, lambda x: g.log_prob(x))
+    assert len(fig.axes) == 2
+    fig.savefig(tmp_path / "s.png")
+    fig = plots.image_grid(torch.rand(10, 3, 8, 8) * 2 - 1, ncol=4)
+    assert len(fig.axes) == 12 and sum(bool(ax.images) for ax in fig.axes) == 10
+    sc = pc.Scene()
+    x = sc.control("x", (2,))
+    sc.observe("a", x, factor=g)
+    res = AnnealedMCMC("hmc", 2, 6).run(sc, 20, seed=0)
+    fig = plots.per_level(res, ["accept", "step_size"])
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines[0].get_xdata()) == 6
+    pano = pc.Scene()
+    x = pano.control("x", (8,))
+    for j in range(2):
+        pano.observe(f"w{j}", x, factor=Gaussian(torch.zeros(4), torch.eye(4)), fn=ops.window(4 * j, 4))
+    fig = plots.per_level(PerStepEM(5, 1).run(pano, 4, seed=0), ["objective_after"])
+    assert len(fig.axes) == 1
+    fig = plots.scene_graph(pano)
+    assert len(fig.axes) == 1
+    fig.savefig(tmp_path / "g.png")
+
+
+def test_plots_refuse_bad_shapes():
+    with pytest.raises(pc.ShapeError, match="must be \\(N, 2\\)"):
+        plots.samples_2d(torch.zeros(5, 3))
+    with pytest.raises(pc.ShapeError, match="image_grid"):
+        plots.image_grid(torch.zeros(2, 2, 4, 4))
+    res = pc.Result({"x": torch.zeros(4, 2)}, {"t": torch.linspace(1, 0, 3)})
+    with pytest.raises(pc.ShapeError, match="no per-level stats"):
+        plots.per_level(res, ["accept"])
