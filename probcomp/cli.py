@@ -1,16 +1,22 @@
 """The ``probcomp`` command line.
 
 ``probcomp demo [--json] [--png PATH] [--analytic]`` runs the main job;
-``probcomp models list|show NAME`` describes the shipped zoo.  Errors are one line
-on stderr with exit code 2 for bad input; ``--debug`` shows the traceback.
+``probcomp run SCENE.py --engine annealed-hmc --samples 2000 --out result.nc`` runs an
+inference query on a scene file (:mod:`probcomp.query`; NetCDF via arviz, a PNG
+summary, ``--json`` summary statistics, a progress bar over levels);
+``probcomp models list|show NAME`` describes the shipped zoo; ``probcomp bench NAME
+[ARGS...]`` runs ``benchmarks/NAME.py``.  Errors are one line on stderr with exit code 2
+for bad input; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .errors import ProbcompError
 
@@ -28,6 +34,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--analytic", action="store_true", help="analytic factors instead of the learned zoo models"
     )
+    r = sub.add_parser("run", help="run an inference engine on a scene file (defines `scene` or `program`)")
+    r.add_argument("scene", help="a Python file defining `scene` or `program`")
+    r.add_argument(
+        "--engine", default="annealed-hmc", help="ddpm, ddim, annealed-{ula,mala,uhmc,hmc}, per-step-em"
+    )
+    r.add_argument("--samples", type=int, default=1000)
+    r.add_argument("--steps", type=int, default=100, help="noise levels (default 100)")
+    r.add_argument("--steps-per-level", type=int, default=10, help="MCMC transitions per level (annealed)")
+    r.add_argument("--chains", type=int, default=1, help="arviz chains (the samples are split among them)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", help="write the result here as arviz NetCDF (.nc)")
+    r.add_argument("--png", help="write a summary plot here")
+    r.add_argument("--json", action="store_true", help="print summary statistics as JSON")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (printing its JSON)")
+    b.add_argument("name", help="e.g. product2d, panorama, reverse_diffusion")
+    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script (e.g. --quick --json)")
     m = sub.add_parser("models", help="the shipped model zoo")
     msub = m.add_subparsers(dest="models_command", required=True)
     ml = msub.add_parser("list", help="shipped models with their training and quality numbers")
@@ -46,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ProbcompError("--samples must be >= 2 and --steps >= 1")
             out = run_demo(args.samples, args.steps, args.seed, args.png or None, analytic=args.analytic)
             print(json.dumps(out, indent=2) if args.json else format_table(out))
+        elif args.command == "run":
+            _run(args)
+        elif args.command == "bench":
+            return _bench(args.name, args.args)
         elif args.command == "models":
             from probcomp.models import zoo
 
@@ -62,6 +89,52 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"probcomp: error: {e}", file=sys.stderr)
         return 2
+
+
+def _run(args: argparse.Namespace) -> None:
+    from . import query
+
+    res = query.run_query(
+        args.scene,
+        args.engine,
+        args.samples,
+        steps=args.steps,
+        steps_per_level=args.steps_per_level,
+        seed=args.seed,
+        chains=args.chains,
+        progress=not args.no_progress and not args.json,
+    )
+    out = query.summary(res)
+    if args.out:
+        res.to_arviz().to_netcdf(args.out)
+        out["out"] = args.out
+    if args.png:
+        fig = query.summary_figure(res)
+        if fig is not None:
+            import matplotlib.pyplot as plt
+
+            fig.savefig(args.png, dpi=110)
+            plt.close(fig)
+            out["png"] = args.png
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        shown = ", ".join(f"{k} {tuple(v['shape'])}" for k, v in out["controls"].items())
+        print(
+            f"{out['engine']}: {out['samples']} samples of {shown}; NFE {out['nfe_total']}, "
+            f"{out['wall_time_s']} s" + (f"; wrote {args.out}" if args.out else "")
+        )
+
+
+def _bench(name: str, extra: list[str]) -> int:
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    script = bench / f"{name}.py"
+    if not script.is_file():
+        known = sorted(q.stem for q in bench.glob("[!_]*.py")) if bench.is_dir() else []
+        raise ProbcompError(
+            f"no benchmark {name!r}" + (f"; known: {known}" if known else " (benchmarks/ not found)")
+        )
+    return subprocess.run([sys.executable, str(script), *extra], check=False).returncode
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from probcomp.cli import main
 
 
@@ -45,3 +47,65 @@ def test_demo_table_and_bad_input(capsys):
     assert main(["demo", "--samples", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("probcomp: error:")
+
+
+SCENE_FILE = """
+import torch
+import probcomp as pc
+
+def program():
+    x = pc.control("x", shape=(2,))
+    pc.observe("a", x, factor=pc.factors.Gaussian(torch.tensor([0.5, 0.0]), 0.2))
+    pc.observe("b", x, factor=pc.factors.Gaussian(torch.tensor([0.0, 0.5]), 0.3))
+"""
+
+
+def test_run_writes_netcdf_png_and_json(tmp_path, capsys):
+    import arviz as az
+
+    f = tmp_path / "scene.py"
+    f.write_text(SCENE_FILE)
+    nc, png = tmp_path / "r.nc", tmp_path / "r.png"
+    argv = ["run", str(f), "--engine", "annealed-hmc", "--samples", "80", "--steps", "6"]
+    assert (
+        main(
+            [*argv, "--steps-per-level", "2", "--chains", "4", "--out", str(nc), "--png", str(png), "--json"]
+        )
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["controls"]["x"]["shape"] == [2] and out["samples"] == 80 and out["nfe_total"] > 0
+    idata = az.from_netcdf(nc)
+    assert idata.posterior["x"].shape == (4, 20, 2) and "accept" in idata.sample_stats
+    assert png.stat().st_size > 5_000
+    assert (
+        main(["run", str(f), "--engine", "per-step-em", "--samples", "10", "--steps", "4", "--no-progress"])
+        == 0
+    )
+    assert "per-step-em" in capsys.readouterr().out
+
+
+def test_run_and_bench_refuse_bad_input_in_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ValueError('oops')\n")
+    good = tmp_path / "scene.py"
+    good.write_text(SCENE_FILE)
+    cases = [
+        (["run", str(tmp_path / "missing.py")], "does not exist"),
+        (["run", str(empty)], "defines neither"),
+        (["run", str(broken)], "raised ValueError: oops"),
+        (["run", str(good), "--engine", "nuts"], "unknown engine"),
+        (["run", str(good), "--samples", "10", "--chains", "3"], "multiple of --chains"),
+        (["bench", "nope"], "no benchmark 'nope'"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (argv, err)
+
+
+@pytest.mark.slow
+def test_bench_runs_a_benchmark_script():
+    assert main(["bench", "mixture_negation", "--quick", "--json"]) == 0
