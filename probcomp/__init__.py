@@ -13,7 +13,7 @@ factors (learned or analytic) and explicit densities, and run an engine::
     res = ReverseDiffusion(steps=100).run(scene, num_samples=1000, seed=0)
 """
 
-from . import compose, datasets, factors, metrics, ops, schedules
+from . import compose, datasets, factors, metrics, ops, plots, schedules
 from ._version import __version__
 from .compiled import CompiledScene
 from .errors import (
@@ -51,6 +51,7 @@ __all__ = [
     "models",
     "observe",
     "ops",
+    "plots",
     "scene_from_pyro",
     "schedules",
 ]
