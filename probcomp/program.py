@@ -86,11 +86,22 @@ class _Run(Messenger):
 
     def _pyro_sample(self, msg: dict) -> None:
         name = msg["name"]
+        if type(msg["fn"]).__name__ == "_Subsample":  # the index site of a pyro.plate
+            raise SceneError(
+                f"pyro.plate {name!r}: plates are not supported in probcomp programs yet; "
+                "use a Python loop with one observe per element"
+            )
         info = (msg.get("infer") or {}).get(_KEY)
         if info is None:
             raise SceneError(
                 f"sample site {name!r} is neither a probcomp.control nor a probcomp.observe site; "
                 "declare controls with probcomp.control and observables with probcomp.observe"
+            )
+        if msg.get("cond_indep_stack"):
+            plates = [f.name for f in msg["cond_indep_stack"]]
+            raise SceneError(
+                f"site {name!r} is inside pyro.plate {plates}; plates are not supported in probcomp "
+                "programs yet: use a Python loop with one observe per element"
             )
         if name in self.controls or name in self.observed:
             raise SceneError(f"site {name!r} appears twice in the program")

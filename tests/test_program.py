@@ -100,6 +100,14 @@ def test_bad_programs_get_clear_errors():
     with pytest.raises(pc.SceneError, match="leading particle axis"):
         pc.scene_from_pyro(unbatched)
 
+    def plated():
+        x = pc.control("x", (64,))
+        with pyro.plate("windows", 2):
+            pc.observe("w", torch.stack([x[..., :32], x[..., 32:]], -2), factor=PATCH)
+
+    with pytest.raises(pc.SceneError, match="plates are not supported"):
+        pc.scene_from_pyro(plated)
+
     def no_observable():
         pc.control("x", 2)
 
