@@ -244,16 +244,13 @@ class PerStepEM:
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Per observable ``(base, direction, noise)``: ``y^s(lambda) = base + lambda direction + noise``.
 
-        Terms that share a factor object are scored in one batched call, as in
-        :meth:`CompiledScene.target`.
+        Terms that share a factor object are scored in one batched call: the compiled
+        scene's groups, less the energy terms.
         """
         ys = {o.name: o.fn(*[x[p] for p in o.parents]) for o in observables}
         scores: dict[str, torch.Tensor] = {}
-        groups: dict[int, list[Term]] = {}
-        for o in observables:
-            for term in o.terms:
-                groups.setdefault(id(term.factor) if self.group else id(term), []).append(term)
-        for group in groups.values():
+        groups = [[t for t in g if not _is_energy_term(t)] for g in compiled.groups]
+        for group in filter(None, groups):
             factor = group[0].factor
             batch = torch.cat([ys[term.observable] for term in group])
             out = factor.score(batch, compiled.factor_time(factor, t))
