@@ -87,6 +87,11 @@ class Conditioning(nn.Module):
                 f"{sorted(self.attributes)} and continuous {sorted(self.continuous)}"
             )
         for k, n_cls in self.attributes.items():
+            v = cond.get(k)
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim == 2 and v.shape[1] == n_cls:
+                # relaxed attribute (N, n_classes): probabilities mix the class embeddings
+                out = out + v.to(like.dtype).expand(n, n_cls) @ self.tables[k].weight[:n_cls]
+                continue
             if k in cond:
                 idx = torch.as_tensor(cond[k], device=like.device).long().expand(n)
                 if bool(((idx < 0) | (idx > n_cls)).any()):

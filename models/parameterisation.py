@@ -125,6 +125,33 @@ class NetworkFactor(ModelFactor):
         with torch.no_grad():
             return self.net(y, model_time, self.cond)
 
+    @property
+    def condition_names(self) -> tuple[str, ...]:  # type: ignore[override]
+        cfg = getattr(self.net, "config", {}) or {}
+        return (*cfg.get("attributes", {}), *cfg.get("continuous", {}))
+
+    def eps_given(self, y: torch.Tensor, t: Any, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``eps_hat(y, t | c)`` with per-particle conditions, differentiable in them.
+
+        ``cond`` is merged over the bound conditions.  A discrete attribute may be
+        given relaxed, as probabilities ``(N, n_classes)`` that mix its class
+        embeddings (dissertation Alg. 7).
+        """
+        check_event(y, self.event_shape, f"factor {self.name!r}")
+        unknown = set(cond) - set(self.condition_names)
+        if unknown:
+            raise FactorError(
+                f"factor {self.name!r} has no condition(s) {sorted(unknown)}; it takes "
+                f"{list(self.condition_names)}"
+            )
+        mt = self.schedule.model_time(as_time(t, y)).reshape(-1).to(dtype=y.dtype, device=y.device)
+        out = self.net(y, mt.expand(y.shape[0]), {**self.cond, **cond})
+        if out.shape != y.shape:
+            raise ShapeError(
+                f"model of factor {self.name!r} returned shape {tuple(out.shape)} for input {tuple(y.shape)}"
+            )
+        return out
+
     def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         """``E = g(y, t) / sigma(t)`` (see :mod:`probcomp.models.energy`)."""
         if not self.is_energy:

@@ -68,6 +68,12 @@ class CompiledScene:
         scene.validate()
         self.scene = scene
         self.schedule = schedule if schedule is not None else sched.linear()
+        discrete = [n for n in scene.controls if scene[n].get("discrete")]
+        if discrete:
+            raise SceneError(
+                f"controls {discrete} are discrete concepts; sampling engines move continuous controls "
+                "only (use ConceptInversion to infer discrete concepts)"
+            )
         self.shapes: dict[str, torch.Size] = {n: scene[n]["shape"] for n in scene.controls}
         self.conditioned: list[str] = [n for n in scene.observables if scene[n]["value"] is not None]
         terms: list[Term] = []

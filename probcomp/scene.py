@@ -82,21 +82,34 @@ class Scene:
 
         ``prior`` is a ``pyro.distributions.Distribution`` whose batch and event
         shapes broadcast to ``shape`` (it is summed over all of them), or None for
-        a flat prior.
+        a flat prior.  A prior with discrete, enumerable support (``Categorical``,
+        ``Bernoulli``) makes the control a *discrete concept* of shape ``()`` whose
+        candidates are the prior's support; only ``ConceptInversion`` moves those.
         """
         self._check_new_name(name)
         shape = _shape(shape, f"control {name!r}")
         prior_factor = None
+        discrete = False
         if prior is not None:
             if not callable(getattr(prior, "log_prob", None)):
                 raise SceneError(
                     f"control {name!r}: prior must be a pyro distribution, got {type(prior).__name__}"
                 )
+            discrete = bool(getattr(getattr(prior, "support", None), "is_discrete", False))
+        if discrete:
+            if len(shape) != 0 or not prior.has_enumerate_support:
+                raise ShapeError(
+                    f"control {name!r}: a discrete control is one label (shape=()) with an enumerable "
+                    f"prior such as Categorical; got shape {tuple(shape)} and {type(prior).__name__}"
+                )
+        elif prior is not None:
             try:
                 prior_factor = explicit(prior, shape, name=f"prior:{name}")
             except SceneError as e:
                 raise ShapeError(f"control {name!r}: {e}") from None
-        self.graph.add_node(name, kind=CONTROL, shape=shape, prior=prior, prior_factor=prior_factor)
+        self.graph.add_node(
+            name, kind=CONTROL, shape=shape, prior=prior, prior_factor=prior_factor, discrete=discrete
+        )
         return Var(name, CONTROL, shape)
 
     def observe(
@@ -124,7 +137,10 @@ class Scene:
             weight: ``w_i``, the power of this factor in the target (any real).
             value: given data for the observable; then ``condition`` names the
                 controls the factor is conditioned on instead of ``parents``.
-            condition: controls that condition the factor, ``p(y | c)``.
+            condition: controls that condition the factor, ``p(y | c)``: a control, a
+                list of them (each passed to the factor under its own name; a single
+                control fills a factor's single condition whatever its name), or a dict
+                ``{factor condition name: control}``, e.g. ``{"xy": xy0, "color": col0}``.
         """
         self._check_new_name(name)
         if not isinstance(factor, ScoreFactor):
@@ -140,11 +156,17 @@ class Scene:
             raise SceneError(f"observable {name!r}: psi must be positive and finite, got {psi}")
         if not math.isfinite(weight):
             raise SceneError(f"observable {name!r}: weight must be finite, got {weight}")
-        cond = (
-            []
-            if condition is None
-            else ([condition] if isinstance(condition, (Var, str)) else list(condition))
-        )
+        if isinstance(condition, dict):
+            keys, cond = [str(k) for k in condition], list(condition.values())
+        else:
+            cond = (
+                []
+                if condition is None
+                else ([condition] if isinstance(condition, (Var, str)) else list(condition))
+            )
+            keys = [c.name if isinstance(c, Var) else str(c) for c in cond]
+            if len(cond) == 1 and len(getattr(factor, "condition_names", ())) == 1:
+                keys = list(factor.condition_names)  # one condition: no name needed
         if value is None and cond:
             raise SceneError(f"observable {name!r}: condition=... needs the observed value=...")
         if value is not None and parents:
@@ -179,6 +201,7 @@ class Scene:
             value=value,
             parents=tuple(value_names),
             condition=tuple(cond_names),
+            condition_keys=tuple(keys),
         )
         for pos, p in enumerate(value_names):
             self.graph.add_edge(p, name, role="value", position=pos)

@@ -2,6 +2,7 @@
 
 * :class:`ScoreFactor` -- the interface (noised ``score``, ``eps``, optional ``energy``).
 * :class:`Gaussian`, :class:`GaussianMixture` -- analytic factors, exact at every ``t``.
+* :class:`ConditionalGaussian` -- analytic ``p(y | c)``, the ground truth of concept inversion.
 * :class:`ExplicitFactor` -- a clean log-density (Pyro distribution or callable).
 * :func:`explicit` -- the right factor for a distribution: exact Gaussian where possible.
 * :func:`exact_product` -- the exact (weighted) product of Gaussian mixtures.
@@ -17,10 +18,11 @@ import torch
 
 from .. import schedules as sched
 from .base import ExplicitFactor, ScoreFactor, as_time, check_event
-from .gaussian import Gaussian, GaussianMixture, exact_product
+from .gaussian import ConditionalGaussian, Gaussian, GaussianMixture, exact_product
 from .normalised import NormalisedEnergy
 
 __all__ = [
+    "ConditionalGaussian",
     "ExplicitFactor",
     "Gaussian",
     "GaussianMixture",

@@ -52,6 +52,8 @@ class ScoreFactor:
     """
 
     cost: int = 1
+    #: names of the conditions :meth:`eps_given` accepts (empty: an unconditional factor)
+    condition_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -89,6 +91,17 @@ class ScoreFactor:
     def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         """``E(y, t) = -log p_t(y) + const`` per particle, shape ``(N,)``."""
         raise FactorError(f"factor {self.name!r} has no energy")
+
+    def eps_given(self, y: torch.Tensor, t: Any, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``eps_hat(y, t | c)`` with one condition per particle, differentiable in ``c``.
+
+        ``cond`` maps names in :attr:`condition_names` to tensors ``(N, ...)``.  This
+        is what concept inversion differentiates; unconditional factors ignore an
+        empty ``cond`` and refuse any other.
+        """
+        if cond:
+            raise FactorError(f"factor {self.name!r} takes no conditions, got {sorted(cond)}")
+        return self.eps(y, t)
 
     @property
     def has_energy(self) -> bool:
