@@ -234,6 +234,9 @@ def run(args: argparse.Namespace) -> dict:
                 )
         out["settings"][name] = {m: summarise(v["err"], v["time"], v["nfe"] or None) for m, v in rec.items()}
         out["settings"][name]["mean_objects"] = round(float(lab["count"].float().mean()), 3)
+        if args.out:  # partial results survive an interrupted run
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(out, indent=1) + "\n")
     if args.count_images:
         gen = torch.Generator().manual_seed(args.seed + 1)
         x, lab = datasets.blobs(args.count_images, gen, num_objects=(3, 5), min_separation=SEPARATION)

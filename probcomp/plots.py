@@ -15,7 +15,7 @@ from .errors import ShapeError
 from .results import Result
 from .scene import CONTROL, Scene
 
-__all__ = ["image_grid", "per_level", "samples_2d", "scene_graph"]
+__all__ = ["image_grid", "loss_traces", "per_level", "samples_2d", "scene_graph"]
 
 
 def _plt() -> Any:
@@ -111,6 +111,45 @@ def per_level(result: Result, keys: Sequence[str] | None = None) -> Any:
     axes[-1, 0].set_xlabel("noise level t")
     axes[-1, 0].invert_xaxis()  # time runs from noise to data
     fig.suptitle(result.engine, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def loss_traces(result: Any, *, smooth: int = 10) -> Any:
+    """Concept inversion's loss per restart against the step (a running mean over ``smooth``
+    steps; a restart's line ends where it was pruned, the chosen one is drawn thick), and,
+    when ``K`` was chosen, the minimised loss per ``K`` (Eq. 5.9)."""
+    plt = _plt()
+    traces = getattr(result, "traces", None)
+    if traces is None:
+        raise ShapeError("loss_traces: the result has no per-restart traces (enumeration keeps none)")
+    k_losses = getattr(result, "k_losses", {}) or {}
+    fig, axes = plt.subplots(1, 2 if k_losses else 1, figsize=(8 if k_losses else 5, 3), squeeze=False)
+    ax = axes[0, 0]
+    best = result.stats.get("best_restart")
+    w = max(1, int(smooth))
+    kernel = torch.ones(1, 1, w, dtype=torch.float64) / w
+    for r, tr in enumerate(torch.as_tensor(traces).double()):
+        live = int(torch.isfinite(tr).sum())
+        if live == 0:
+            continue
+        v = tr[:live]
+        if live >= w:
+            v = torch.nn.functional.conv1d(v.reshape(1, 1, -1), kernel).reshape(-1)
+        x = torch.arange(v.numel()) + (min(w, live) - 1 if live >= w else 0)
+        ax.plot(
+            x.numpy(), v.numpy(), lw=2.2 if r == best else 0.8, label=f"restart {r}" if r == best else None
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    if k_losses:
+        ks = sorted(k_losses)
+        axes[0, 1].plot(ks, [k_losses[k] for k in ks], "o-")
+        axes[0, 1].axvline(result.k, color="k", lw=0.8, ls="--")
+        axes[0, 1].set_xlabel("number of concepts K")
+        axes[0, 1].set_ylabel("minimised loss")
     fig.tight_layout()
     return fig
 

@@ -50,3 +50,11 @@ def test_panorama_benchmark_quick():
     data = _quick("panorama.py", "--quick", "--json")
     rows = data["variants"]["analytic/stride16"]
     assert rows["stitched"]["max_seam_ratio"] > 2 * rows["per-step-em"]["max_seam_ratio"]
+
+
+@pytest.mark.slow
+def test_object_discovery_benchmark_quick():
+    data = _quick("object_discovery.py", "--quick", "--json")
+    rows = data["settings"]["in-distribution"]
+    assert set(rows) >= {"ours", "ours-single-start", "cnn", "detector"}
+    assert rows["detector"]["perception_rate"] == 1.0 and data["count"]["images"] == 1

@@ -41,3 +41,28 @@ def test_plots_refuse_bad_shapes():
     res = pc.Result({"x": torch.zeros(4, 2)}, {"t": torch.linspace(1, 0, 3)})
     with pytest.raises(pc.ShapeError, match="no per-level stats"):
         plots.per_level(res, ["accept"])
+
+
+def test_loss_traces_plot_restarts_and_k_curve(tmp_path):
+    from probcomp.factors import ConditionalGaussian
+    from probcomp.inference import ConceptInversion
+
+    def build(k):
+        s = pc.Scene()
+        s.observe("bg", value=torch.ones(3), factor=Gaussian(torch.zeros(3), 0.2), weight=1 - k)
+        for j in range(k):
+            s.observe(
+                f"o{j}",
+                value=torch.ones(3),
+                factor=ConditionalGaussian((3,), 0.2),
+                condition=s.control(f"c{j}", (3,)),
+            )
+        return s
+
+    res = ConceptInversion(steps=20, restarts=3, prune_every=5).choose_k(build, 1, 2, seed=0)
+    fig = plots.loss_traces(res, smooth=4)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3  # every restart drawn, pruned ones shorter
+    fig.savefig(tmp_path / "traces.png")
+    res.traces = None
+    with pytest.raises(pc.ShapeError, match="no per-restart traces"):
+        plots.loss_traces(res)
