@@ -13,7 +13,20 @@ per attribute and sample.  ``objective="composed"`` trains on data labelled with
 .. math:: L = E \| \epsilon - \sum_k \epsilon_\theta(x_t, t, c_k) \|^2,
 
 where every condition tensor has a concept axis ``(N, K, ...)`` and an optional
-boolean ``"mask"`` ``(N, K)`` marks the concepts present.
+boolean ``"mask"`` ``(N, K)`` marks the concepts present.  ``objective="coind"`` adds
+COIND's conditional-independence term (Gaudi et al., Eq. 8 and App. D, Alg. 1),
+
+.. math:: L = E\| \epsilon - \epsilon_\theta(x_t, t, \tilde c) \|^2 + \lambda\, E \frac{1}{\sigma_t^2}
+          \| \epsilon_\theta(x_t, t, c^i) + \epsilon_\theta(x_t, t, c^j)
+          - \epsilon_\theta(x_t, t, c^{ij}) - \epsilon_\theta(x_t, t, c^\varnothing) \|^2,
+
+where ``tilde c`` is ``c`` with attribute dropout ``p_drop`` (the seed's ``p_uncond``), ``i != j``
+are two attributes drawn per example, and ``c^i``, ``c^j``, ``c^{ij}`` keep only those
+attributes of the *original* labels (the rest set to the null token).  The ``1 / sigma_t^2``
+turns the eps residual into the score residual (the Fisher divergence of Eq. 7); it is the
+seed's weighting.  Choosing ``lam``: the seed balances the two terms' gradients, with
+``lam = L_score / L_CI`` measured on a vanilla model, or the rule of thumb
+``lam = 4000 L_score`` (App. C.3).
 """
 
 from __future__ import annotations
@@ -102,6 +115,33 @@ def _composed_eps(model: nn.Module, y: torch.Tensor, mt: torch.Tensor, cond: dic
     return eps.sum(1)
 
 
+def _coind_ci(
+    model: nn.Module,
+    y: torch.Tensor,
+    mt: torch.Tensor,
+    sigma: torch.Tensor,
+    cond: dict,
+    attributes: dict[str, int],
+    g: torch.Generator,
+) -> torch.Tensor:
+    """COIND's pairwise conditional-independence residual per example (module docstring)."""
+    names = list(attributes)
+    n = y.shape[0]
+    i = torch.randint(len(names), (n,), generator=g)
+    j = (i + 1 + torch.randint(len(names) - 1, (n,), generator=g)) % len(names)  # uniform over j != i
+    null = {k: torch.full_like(cond[k], attributes[k]) for k in names}
+    keep_i = {k: torch.where((i == a).to(cond[k].device), cond[k], null[k]) for a, k in enumerate(names)}
+    keep_j = {k: torch.where((j == a).to(cond[k].device), cond[k], null[k]) for a, k in enumerate(names)}
+    keep_ij = {
+        k: torch.where(((i == a) | (j == a)).to(cond[k].device), cond[k], null[k])
+        for a, k in enumerate(names)
+    }
+    batch = {k: torch.cat([keep_i[k], keep_j[k], keep_ij[k], null[k]]) for k in names}
+    e = model(y.repeat(4, *[1] * (y.ndim - 1)), mt.repeat(4), batch).reshape(4, *y.shape)
+    r = e[0] + e[1] - e[2] - e[3]
+    return r.square().flatten(1).mean(1) / sigma.reshape(-1).square()
+
+
 def _quiet() -> bool:
     return bool(os.environ.get("CI")) or not sys.stderr.isatty()
 
@@ -118,6 +158,7 @@ def train(
     seed: int = 0,
     p_drop: float = 0.1,
     objective: str = "eps",
+    lam: float = 0.0,
     t_min: float = 1e-3,
     grad_clip: float = 1.0,
     log_every: int = 100,
@@ -137,15 +178,16 @@ def train(
         ema: decay of the exponential moving average of the weights (0 disables it).
         seed: seeds data, times and noise; with a fixed seed CPU training is deterministic.
         p_drop: classifier-free dropout probability per attribute.
-        objective: ``"eps"`` or ``"composed"`` (Eq. 5.5).
+        objective: ``"eps"``, ``"composed"`` (Eq. 5.5) or ``"coind"`` (COIND, with weight ``lam``
+            on the conditional-independence term; needs two or more discrete attributes).
         checkpoint: a file path for the resumable training state (``torch.save`` of
             tensors only, read back with ``weights_only=True``); training resumes from it.
         progress: show a tqdm bar; by default only on an interactive terminal outside CI.
         device: where the model trains.  Data, times and noise are always drawn on the
             CPU from ``seed``, so every device sees the same batches.
     """
-    if objective not in ("eps", "composed"):
-        raise DataError(f"objective must be 'eps' or 'composed', got {objective!r}")
+    if objective not in ("eps", "composed", "coind"):
+        raise DataError(f"objective must be 'eps', 'composed' or 'coind', got {objective!r}")
     if steps < 1 or batch < 1:
         raise DataError(f"steps and batch must be positive, got {steps}, {batch}")
     schedule = schedule if schedule is not None else sched.linear()
@@ -154,6 +196,12 @@ def train(
     model.to(device)
     net = getattr(model, "net", model)
     attributes = dict(getattr(getattr(net, "cond", None), "attributes", {}) or {})
+    if objective == "coind" and len(attributes) < 2:
+        raise DataError(
+            f"objective='coind' needs a network with two or more attributes, got {sorted(attributes)}"
+        )
+    if objective == "coind" and not lam >= 0:
+        raise DataError(f"lam must be non-negative, got {lam}")
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ema_model = copy.deepcopy(model).eval() if ema > 0 else model
@@ -180,11 +228,14 @@ def train(
         y = (a * x + s * eps).to(device)
         eps = eps.to(device)
         mt = schedule.model_time(t).to(x.dtype).to(device)
-        if objective == "eps" and cond and p_drop > 0:
+        original = {k: v.to(device) for k, v in cond.items()}
+        if objective in ("eps", "coind") and cond and p_drop > 0:
             cond = _drop(cond, attributes, p_drop, gen)
         cond = {k: v.to(device) for k, v in cond.items()}
         pred = _composed_eps(model, y, mt, cond) if objective == "composed" else model(y, mt, cond or None)
         loss = (pred - eps).square().mean()
+        if objective == "coind" and lam > 0:
+            loss = loss + lam * _coind_ci(model, y, mt, s.to(device), original, attributes, gen).mean()
         if not torch.isfinite(loss):
             raise DataError(f"training loss became {float(loss)} at step {step}; lower lr={lr}")
         opt.zero_grad(set_to_none=True)

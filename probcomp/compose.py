@@ -12,7 +12,9 @@ are still evaluated in one batched call).  With the target of a scene
 * ``projective(p_1..p_k, background=p_b)`` -- Bradley et al. Def. 5.1 / Eq. 6:
   ``s_b + sum_i (s_i - s_b)``, i.e. weight ``1 - k`` on the background;
 * ``guidance(cond, uncond, scale=g)``      -- ``(1 + g) s_c - g s_u``;
-* ``negation(p, q, scale=g)``              -- ``E_p - g E_q`` (weights ``1, -g``).
+* ``negation(p, q, scale=g)``              -- ``E_p - g E_q`` (weights ``1, -g``);
+* ``attributes(model, {a: v, ...}, gamma)`` -- COIND Eq. 1/2: ``sum_i gamma_i s(c_i) -
+  (sum_i gamma_i - 1) s(null)``, the conjunction of attribute-conditional scores.
 
 The mixture is not linear in scores; it needs normalised energies:
 
@@ -39,6 +41,7 @@ from .factors.base import ScoreFactor
 __all__ = [
     "Composite",
     "Mixture",
+    "attributes",
     "guidance",
     "mixture",
     "negation",
@@ -199,3 +202,49 @@ def mixture(
 ) -> Mixture:
     """``sum_k pi_k p_k`` (needs energies)."""
     return Mixture(factors, weights, name=name)
+
+
+def attributes(
+    model: Any,
+    values: dict[str, Any],
+    *,
+    gamma: float | Sequence[float] | None = None,
+    name: str | None = None,
+) -> Composite:
+    r"""Compose attribute-conditional scores of one model into the score of their conjunction.
+
+    Under conditional independence of the attributes given ``x`` (COIND, Eq. 1),
+
+    .. math:: \nabla \log p(x \mid c_1 \wedge \dots \wedge c_n) = \sum_i \gamma_i \nabla \log p(x \mid c_i)
+              - \big(\textstyle\sum_i \gamma_i - 1\big) \nabla \log p(x),
+
+    with every ``gamma_i = 1`` by default (so ``sum_i s(c_i) - (n - 1) s(\varnothing)``).
+    For two attributes a scalar ``gamma`` weights the first one: ``gamma s(c_1) + s(c_2) -
+    gamma s(\varnothing)``, the seed's Eq. 2.  ``model`` is a conditional factor with
+    :meth:`condition` (a :class:`~probcomp.models.NetworkFactor`); unnamed attributes are
+    its null token.  The result is an ordinary composite factor: every engine runs it.
+    """
+    if not hasattr(model, "condition") or not getattr(model, "condition_names", ()):
+        raise FactorError(f"attributes() needs a conditional model with .condition(...), got {model!r}")
+    if len(values) < 1:
+        raise FactorError("attributes() needs at least one attribute value")
+    unknown = set(values) - set(model.condition_names)
+    if unknown:
+        raise FactorError(
+            f"model {model.name!r} has no attribute(s) {sorted(unknown)}; "
+            f"it takes {list(model.condition_names)}"
+        )
+    n = len(values)
+    if gamma is None:
+        gammas = [1.0] * n
+    elif isinstance(gamma, (int, float)):
+        if n != 2:
+            raise FactorError(f"a scalar gamma weights the first of two attributes; got {n} attributes")
+        gammas = [float(gamma), 1.0]
+    else:
+        gammas = [float(g) for g in gamma]
+        if len(gammas) != n:
+            raise FactorError(f"gamma has {len(gammas)} entries for {n} attributes {list(values)}")
+    leaves = [model.condition(**{k: v}) for k, v in values.items()]
+    label = ",".join(f"{k}={v}" for k, v in values.items())
+    return Composite([*leaves, model], [*gammas, 1.0 - sum(gammas)], name=name or f"attributes({label})")

@@ -1,0 +1,92 @@
+"""COIND: the conditional-independence residual, attribute composition, and the training objective."""
+
+import pytest
+import torch
+
+import probcomp as pc
+from probcomp import compose
+from probcomp.errors import DataError, FactorError
+from probcomp.factors import GaussianMixture
+from probcomp.models import ResMLP, train
+from probcomp.models.training import _coind_ci
+
+SCHED = pc.schedules.linear()
+COMBOS = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+
+
+class AnalyticAttributeModel(torch.nn.Module):
+    """Exact ``eps(y, t | c1, c2)`` of ``X = (C1, C2) + 0.2 N(0, I)`` with combination weights ``w``.
+
+    Attributes use 0/1 labels and the null token 2; every subset of attributes is the exact
+    conditional of the mixture (a sub-mixture renormalised).
+    """
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = w / w.sum()
+
+    def forward(self, y: torch.Tensor, mt: torch.Tensor, cond: dict) -> torch.Tensor:
+        t = SCHED.t_of_model_time(mt.double())
+        out = torch.empty_like(y)
+        labels = torch.stack([cond["c1"], cond["c2"]], 1)
+        for key in {tuple(v.tolist()) for v in labels}:
+            rows = (labels == torch.tensor(key)).all(1)
+            keep = self.w > 0
+            for a, v in enumerate(key):
+                if v != 2:
+                    keep &= COMBOS[:, a] == 2 * v - 1
+            f = GaussianMixture(COMBOS[keep], torch.full((int(keep.sum()),), 0.2), self.w[keep])
+            out[rows] = f.eps(y[rows], t[rows]).to(y.dtype)
+        return out
+
+
+def _ci(w: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    n = 2000
+    c = COMBOS[torch.multinomial(w / w.sum(), n, replacement=True, generator=g)]
+    x = c + 0.2 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    t = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=torch.float64)
+    y = SCHED.alpha(t)[:, None] * x + SCHED.sigma(t)[:, None] * torch.randn(
+        n, 2, generator=g, dtype=torch.float64
+    )
+    labels = ((c + 1) / 2).long()
+    cond = {"c1": labels[:, 0], "c2": labels[:, 1]}
+    return _coind_ci(
+        AnalyticAttributeModel(w), y, SCHED.model_time(t), SCHED.sigma(t), cond, {"c1": 2, "c2": 2}, g
+    )
+
+
+def test_ci_residual_vanishes_exactly_when_attributes_are_independent():
+    independent = _ci(torch.tensor([0.3 * 0.6, 0.3 * 0.4, 0.7 * 0.6, 0.7 * 0.4]))
+    held_out = _ci(torch.tensor([1.0, 1.0, 1.0, 0.0]))  # (+1, +1) never seen: the training correlation
+    assert float(independent.max()) < 1e-12
+    assert float(held_out.mean()) > 1e-2
+
+
+def test_attribute_composition_weights_and_errors():
+    model = pc.models.load("coind-vanilla")
+    both = compose.attributes(model, {"c1": 1, "c2": 1})
+    assert [w for _, w in both.leaves()] == [1.0, 1.0, -1.0]
+    eq2 = compose.attributes(model, {"c1": 1, "c2": 1}, gamma=0.46)
+    assert [w for _, w in eq2.leaves()] == pytest.approx([0.46, 1.0, -0.46])
+    y = torch.randn(6, 2)
+    want = model.condition(c1=1).score(y, 0.3) + model.condition(c2=1).score(y, 0.3) - model.score(y, 0.3)
+    assert torch.allclose(both.score(y, 0.3), want, atol=1e-5)
+    with pytest.raises(FactorError, match="no attribute"):
+        compose.attributes(model, {"shape": 1})
+    with pytest.raises(FactorError, match="gamma has 3 entries"):
+        compose.attributes(model, {"c1": 1, "c2": 0}, gamma=[1.0, 1.0, 1.0])
+    with pytest.raises(FactorError, match="conditional model"):
+        compose.attributes(pc.factors.Gaussian([0.0, 0.0], 1.0), {"c1": 1})
+
+
+def test_coind_objective_trains_and_refuses_single_attribute_networks():
+    def draw(n, g):
+        x, c = pc.datasets.coind_toy(n, g)
+        return x, {"c1": c[:, 0], "c2": c[:, 1]}
+
+    net = ResMLP(2, 32, 1, attributes={"c1": 2, "c2": 2})
+    res = train(net, draw, steps=30, batch=64, objective="coind", lam=1.0, p_drop=0.3, progress=False)
+    assert torch.isfinite(torch.tensor(res.losses)).all() and res.steps == 30
+    with pytest.raises(DataError, match="two or more attributes"):
+        train(ResMLP(2, 8, 1, attributes={"c1": 2}), draw, steps=1, objective="coind", lam=1.0)
