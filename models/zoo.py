@@ -35,7 +35,7 @@ from .networks import ResMLP, UNet
 from .parameterisation import Preconditioned
 from .training import train
 
-__all__ = ["RECIPES", "Recipe", "evaluate", "list_models", "record_quality", "train_entry"]
+__all__ = ["RECIPES", "Recipe", "evaluate", "list_models", "record_quality", "train_entry", "train_recipe"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Recipe:
     coords: bool = False
     spatial: dict[str, float] = field(default_factory=dict)
     objective: str = "eps"
+    lam: float = 0.0
     device: str = "cpu"
     notes: str = ""
 
@@ -240,7 +241,20 @@ def train_entry(
     """
     if name not in RECIPES:
         raise DataError(f"unknown zoo entry {name!r}; recipes: {sorted(RECIPES)}")
-    recipe = RECIPES[name]
+    return train_recipe(RECIPES[name], name, out_dir, progress=progress, device=device, state_dir=state_dir)
+
+
+def train_recipe(
+    recipe: Recipe,
+    name: str,
+    out_dir: Path = ZOO_DIR,
+    *,
+    progress: bool | None = None,
+    device: str | None = None,
+    state_dir: Path | None = None,
+    quality: bool = True,
+) -> Path:
+    """Train any :class:`Recipe` into checkpoint ``out_dir / name`` (``quality``: score it after)."""
     schedule = sched.linear()
     model = _build(recipe, schedule)
     device = device or recipe.device
@@ -258,6 +272,7 @@ def train_entry(
         seed=recipe.seed,
         p_drop=recipe.p_drop,
         objective=recipe.objective,
+        lam=recipe.lam,
         checkpoint=None if state_dir is None else Path(state_dir) / f"{name}.state.pt",
         progress=progress,
         device=device,
@@ -271,10 +286,11 @@ def train_entry(
         "train_wall_time_s": round(res.wall_time, 1),
         "train_device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
-        "regenerate": f"python -m probcomp.models.zoo train {name}",
+        "regenerate": f"python -m probcomp.models.zoo train {name}" if name in RECIPES else None,
     }
     path = save(out_dir / name, res.model, schedule=schedule, event_shape=recipe.event_shape, meta=meta)
-    record_quality(path, device=device)
+    if quality:
+        record_quality(path, device=device)
     return path
 
 
