@@ -17,7 +17,13 @@ controls, records each observed value, and finds each observable's parents by au
 the observation function ``f_i`` is the program re-run with the controls substituted.
 Controls arrive with a leading particle axis ``(N, *shape)``, so the program must
 broadcast over it (index with ``x[..., a:b]``, not ``x[a:b]``); the build checks this.
-Any other ``pyro.sample`` site is refused with its name.  Plates are not supported yet.
+Any other ``pyro.sample`` site is refused with its name.
+
+Plates: a sequential ``for j in pyro.plate("w", 3)`` is a loop.  A vectorised ``with
+pyro.plate("objects", K)`` around a control gives it a batch dimension (shape ``(K,
+*shape)``); around an observable, each of its ``K`` elements becomes an observable
+``name[k]`` (the plate's dimension comes first after the particle axis, and one
+vectorised plate per observable is supported).  Subsampling is refused.
 """
 
 from __future__ import annotations
@@ -87,25 +93,26 @@ class _Run(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         name = msg["name"]
         if type(msg["fn"]).__name__ == "_Subsample":  # the index site of a pyro.plate
-            raise SceneError(
-                f"pyro.plate {name!r}: plates are not supported in probcomp programs yet; "
-                "use a Python loop with one observe per element"
-            )
+            size, sub = msg["fn"].size, msg["fn"].subsample_size
+            if sub is not None and sub != size:
+                raise SceneError(
+                    f"pyro.plate {name!r}: subsampling ({sub} of {size}) has no meaning in a scene; "
+                    "drop subsample_size"
+                )
+            msg["value"] = torch.arange(size)
+            msg["done"] = msg["stop"] = True
+            return
         info = (msg.get("infer") or {}).get(_KEY)
         if info is None:
             raise SceneError(
                 f"sample site {name!r} is neither a probcomp.control nor a probcomp.observe site; "
                 "declare controls with probcomp.control and observables with probcomp.observe"
             )
-        if msg.get("cond_indep_stack"):
-            plates = [f.name for f in msg["cond_indep_stack"]]
-            raise SceneError(
-                f"site {name!r} is inside pyro.plate {plates}; plates are not supported in probcomp "
-                "programs yet: use a Python loop with one observe per element"
-            )
+        batch = _plate_shape(name, msg.get("cond_indep_stack") or ())
         if name in self.controls or name in self.observed:
             raise SceneError(f"site {name!r} appears twice in the program")
         if info["kind"] == "control":
+            info = {**info, "shape": batch + tuple(info["shape"])}  # a plate adds batch dimensions
             if name not in self.values:
                 if self.make is None:
                     raise SceneError(f"control {name!r} was not in the program when the scene was built")
@@ -113,9 +120,31 @@ class _Run(Messenger):
             self.controls[name] = info
             msg["value"] = self.values[name]
         else:
-            self.observed[name] = (msg["value"], info)
+            if len(batch) > 1:
+                raise SceneError(
+                    f"observable {name!r} is inside {len(batch)} vectorised plates; one is supported "
+                    "(each element becomes an observable)"
+                )
+            self.observed[name] = (msg["value"], {**info, "plate": batch[0] if batch else None})
         msg["done"] = True
         msg["stop"] = True
+
+
+def _plate_shape(name: str, frames: Any) -> tuple[int, ...]:
+    """The batch shape that vectorised ``pyro.plate`` frames give a site (sequential plates: none)."""
+    frames = [f for f in frames if f.vectorized and f.dim is not None]
+    if not frames:
+        return ()
+    depth = max(-f.dim for f in frames)
+    shape = [1] * depth
+    for f in frames:
+        shape[depth + f.dim] = f.size
+    if 1 in shape:
+        raise SceneError(
+            f"site {name!r}: its plates leave batch dimensions of size 1 ({tuple(shape)}); "
+            "nest plates at consecutive dims"
+        )
+    return tuple(shape)
 
 
 def _run(program: Callable, args: tuple, kwargs: dict, values: dict, make=None) -> _Run:
@@ -136,9 +165,13 @@ class ProgramOp(ops.Op):
         name: str,
         parents: tuple[str, ...],
         shapes: dict[str, tuple[int, ...]],
+        element: int | None = None,
     ) -> None:
         self.program, self.args, self.kwargs = program, args, kwargs
         self.name, self.parents, self.shapes = name, parents, shapes
+        self.site, self.element = name, element
+        if element is not None:
+            self.name = f"{name}[{element}]"
         self.arity = len(parents)
 
     def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
@@ -146,7 +179,8 @@ class ProgramOp(ops.Op):
         values = dict(zip(self.parents, xs, strict=True))
         for k, s in self.shapes.items():  # controls this observable does not read
             values.setdefault(k, torch.zeros((ref.shape[0], *s), dtype=ref.dtype, device=ref.device))
-        return _run(self.program, self.args, self.kwargs, values).observed[self.name][0]
+        out = _run(self.program, self.args, self.kwargs, values).observed[self.site][0]
+        return out if self.element is None else out[:, self.element]
 
     def __repr__(self) -> str:
         return f"program[{self.name}]"
@@ -172,31 +206,39 @@ def scene_from_pyro(program: Callable, *args: Any, **kwargs: Any) -> Scene:
         for n in names:
             scene.control(n, run.controls[n]["shape"], prior=run.controls[n]["prior"])
         shapes = {n: run.controls[n]["shape"] for n in names}
-        for obs, (value, info) in run.observed.items():
-            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != probe_n:
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        for site, (full, info) in run.observed.items():
+            if not isinstance(full, torch.Tensor) or full.dim() == 0 or full.shape[0] != probe_n:
+                got = tuple(full.shape) if isinstance(full, torch.Tensor) else type(full).__name__
                 raise SceneError(
-                    f"observable {obs!r}: its value must keep the leading particle axis of the controls "
+                    f"observable {site!r}: its value must keep the leading particle axis of the controls "
                     f"(expected ({probe_n}, ...), got {got}); index controls as x[..., a:b]"
                 )
-            identity = next((n for n in names if value is run.values[n]), None)
-            if identity is not None:
-                parents: tuple[str, ...] = (identity,)
-                fn: Any = ops.identity
-            else:
-                inputs = [run.values[n] for n in names]
-                grads = (
-                    torch.autograd.grad(value.sum(), inputs, allow_unused=True, retain_graph=True)
-                    if value.requires_grad
-                    else [None] * len(names)
+            plate = info["plate"]
+            if plate is not None and (full.dim() < 2 or full.shape[1] != plate):
+                raise SceneError(
+                    f"observable {site!r} is inside a plate of size {plate}, but its value has shape "
+                    f"{tuple(full.shape[1:])}: the plate's dimension must come first"
                 )
-                parents = tuple(n for n, g in zip(names, grads, strict=True) if g is not None)
-                if not parents:
-                    raise SceneError(f"observable {obs!r} does not depend on any control")
-                fn = ProgramOp(program, args, kwargs, obs, parents, shapes)
-            factor = info["factor"]
-            event = tuple(value.shape[1:])
-            if not isinstance(factor, ScoreFactor):
-                factor = explicit(factor, event, name=obs)
-            scene.observe(obs, *parents, factor=factor, fn=fn, psi=info["psi"], weight=info["weight"])
+            for element in [None] if plate is None else range(plate):
+                value = full if element is None else full[:, element]
+                obs = site if element is None else f"{site}[{element}]"
+                identity = next((n for n in names if value is run.values[n]), None)
+                if identity is not None:
+                    parents: tuple[str, ...] = (identity,)
+                    fn: Any = ops.identity
+                else:
+                    inputs = [run.values[n] for n in names]
+                    grads = (
+                        torch.autograd.grad(value.sum(), inputs, allow_unused=True, retain_graph=True)
+                        if value.requires_grad
+                        else [None] * len(names)
+                    )
+                    parents = tuple(n for n, g in zip(names, grads, strict=True) if g is not None)
+                    if not parents:
+                        raise SceneError(f"observable {obs!r} does not depend on any control")
+                    fn = ProgramOp(program, args, kwargs, site, parents, shapes, element)
+                factor = info["factor"]
+                if not isinstance(factor, ScoreFactor):
+                    factor = explicit(factor, tuple(value.shape[1:]), name=obs)
+                scene.observe(obs, *parents, factor=factor, fn=fn, psi=info["psi"], weight=info["weight"])
     return scene

@@ -34,6 +34,39 @@ def panorama_program(k=3):
         pc.observe(f"w{j}", _window(x, j), factor=PATCH)
 
 
+def plated_panorama(k=3):
+    x = pc.control("x", shape=(32 + 16 * (k - 1),))
+    with pyro.plate("windows", k):  # vectorised: each element of the plate is one observable
+        pc.observe("w", torch.stack([_window(x, j) for j in range(k)], -2), factor=PATCH)
+
+
+def sequential_panorama(k=3):
+    x = pc.control("x", shape=(32 + 16 * (k - 1),))
+    for j in pyro.plate("windows", k):  # sequential plate: a loop
+        pc.observe(f"w{j}", _window(x, j), factor=PATCH)
+
+
+def test_plates_vectorised_and_sequential_equal_the_builder():
+    sc = pc.Scene()
+    x = sc.control("x", (64,))
+    for j in range(3):
+        sc.observe(f"w{j}", x, factor=PATCH, fn=ops.window(16 * j, 32))
+    vec, seq = pc.scene_from_pyro(plated_panorama), pc.scene_from_pyro(sequential_panorama)
+    assert vec.observables == ["w[0]", "w[1]", "w[2]"] and seq.observables == ["w0", "w1", "w2"]
+    a = ReverseDiffusion(20).run(sc, 64, seed=1)["x"]
+    assert torch.equal(a, ReverseDiffusion(20).run(seq, 64, seed=1)["x"])
+    assert torch.allclose(a, ReverseDiffusion(20).run(vec, 64, seed=1)["x"], atol=1e-6)
+
+    def objects():
+        with pyro.plate("objects", 2):
+            c = pc.control("c", shape=(2,), prior=dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pc.observe("sum", c.sum(-2), factor=BAR)
+
+    scene = pc.scene_from_pyro(objects)
+    assert tuple(scene["c"]["shape"]) == (2, 2)
+    assert ReverseDiffusion(5).run(scene, 8, seed=0)["c"].shape == (8, 2, 2)
+
+
 def test_product_program_and_builder_give_identical_samples():
     sc = pc.Scene()
     x = sc.control("x", (2,))
@@ -100,13 +133,21 @@ def test_bad_programs_get_clear_errors():
     with pytest.raises(pc.SceneError, match="leading particle axis"):
         pc.scene_from_pyro(unbatched)
 
-    def plated():
+    def subsampled():
         x = pc.control("x", (64,))
-        with pyro.plate("windows", 2):
+        with pyro.plate("windows", 2, subsample_size=1):
             pc.observe("w", torch.stack([x[..., :32], x[..., 32:]], -2), factor=PATCH)
 
-    with pytest.raises(pc.SceneError, match="plates are not supported"):
-        pc.scene_from_pyro(plated)
+    with pytest.raises(pc.SceneError, match="subsampling"):
+        pc.scene_from_pyro(subsampled)
+
+    def wrong_plate_axis():
+        x = pc.control("x", (64,))
+        with pyro.plate("windows", 2):
+            pc.observe("w", torch.stack([x[..., :32], x[..., 32:]], -1), factor=PATCH)
+
+    with pytest.raises(pc.SceneError, match="plate's dimension must come first"):
+        pc.scene_from_pyro(wrong_plate_axis)
 
     def no_observable():
         pc.control("x", 2)
