@@ -58,3 +58,18 @@ def test_object_discovery_benchmark_quick():
     rows = data["settings"]["in-distribution"]
     assert set(rows) >= {"ours", "ours-single-start", "cnn", "detector"}
     assert rows["detector"]["perception_rate"] == 1.0 and data["count"]["images"] == 1
+
+
+@pytest.mark.slow
+def test_coind_benchmark_quick():
+    data = _quick("coind.py", "--quick", "--json")
+    row = data["models"]["lam=10"]
+    assert 0.0 <= row["jsd_bits"] <= 1.0 and set(row) >= {"ddpm", "annealed-ula"}
+    assert 0.0 <= row["ddpm"]["in_3sigma"] <= 1.0
+
+
+@pytest.mark.slow
+def test_attribute_inference_benchmark_quick():
+    data = _quick("attribute_inference.py", "--quick", "--json")
+    assert data["bayes_classifier"]["seen_accuracy"] == 1.0
+    assert data["models"]["vanilla (zoo)"]["composed"]["seen_accuracy"] == 1.0
