@@ -73,3 +73,10 @@ def test_attribute_inference_benchmark_quick():
     data = _quick("attribute_inference.py", "--quick", "--json")
     assert data["bayes_classifier"]["seen_accuracy"] == 1.0
     assert data["models"]["vanilla (zoo)"]["composed"]["seen_accuracy"] == 1.0
+
+
+@pytest.mark.slow
+def test_length_generalisation_benchmark_quick():
+    data = _quick("length_generalisation.py", "--quick", "--json")
+    assert set(data["results"]) == {"empty/ddpm", "bayes/ddpm"}
+    assert set(data["results"]["empty/ddpm"]["per_k"]) == {"1", "3"}
