@@ -33,12 +33,11 @@ from typing import Any
 
 import pyro.distributions as dist
 import torch
+from _output import emit  # benchmarks/ is on sys.path when a script runs
+from coind import COMBOS, STD, train_model
 
 import probcomp as pc
 from probcomp.inference import ConceptInversion
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coind import COMBOS, STD, train_model
 
 
 def scene_for(x: torch.Tensor, model: Any, kind: str) -> pc.Scene:
@@ -109,11 +108,7 @@ def main() -> None:
             kind: accuracy(model, kind, x, labels, args.draws, args.seed) for kind in ("joint", "composed")
         }
         print(name, json.dumps(out["models"][name]), file=sys.stderr, flush=True)
-    text = json.dumps(out, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

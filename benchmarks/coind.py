@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _output import emit  # benchmarks/ is on sys.path when a script runs
 
 import probcomp as pc
 from probcomp import compose, datasets
@@ -192,11 +193,7 @@ def main() -> None:
 
             args.cache = Path(tempfile.mkdtemp(prefix="coind-quick-"))
     res = run(args)
-    text = json.dumps(res, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(res, args.out)
 
 
 if __name__ == "__main__":

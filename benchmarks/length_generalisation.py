@@ -36,6 +36,7 @@ import time
 from typing import Any
 
 import torch
+from _output import emit  # benchmarks/ is on sys.path when a script runs
 
 import probcomp as pc
 from probcomp import compose, datasets
@@ -125,11 +126,7 @@ def main() -> None:
     if args.quick:
         args.ks, args.images, args.levels, args.engines = [1, 3], 2, 10, ["ddpm"]
     res = run(args)
-    text = json.dumps(res, indent=1)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
-    print(text)
+    emit(res, args.out)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import pyro.distributions as dist
 import torch
+from _output import emit  # benchmarks/ is on sys.path when a script runs
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
@@ -283,11 +284,7 @@ def main() -> None:
         args.images, args.steps, args.restarts, args.grid, args.cnn_steps = 2, 4, 2, 3, 20
         args.settings, args.count_images, args.k_range = ["in-distribution"], 1, (3, 4)
     res = run(args)
-    text = json.dumps(res, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(res, args.out)
 
 
 if __name__ == "__main__":

@@ -289,7 +289,8 @@ class ConceptInversion:
         search_draws: how many of the shared draws score greedy placement and the
             coordinate search of discrete controls during the run.
         max_configs: largest all-discrete space enumerated exhaustively.
-        sweeps: coordinate-search sweeps over discrete controls at each use.
+        sweeps: coordinate-search sweeps over discrete controls at each use during a continuous
+            run (an all-discrete search sweeps until nothing changes, at most 10 times).
         batch: most network inputs per call.
     """
 
@@ -399,7 +400,7 @@ class ConceptInversion:
                 n: prob.candidates[n][torch.randint(s, (1,), generator=gen)]
                 for n, s in zip(names, sizes, strict=True)
             }
-            state, _ = self._coordinate(prob, state, draws, counter, sweeps=max(self.sweeps, 2))
+            state, _ = self._coordinate(prob, state, draws, counter, sweeps=max(self.sweeps, 10))
             loss = prob.loss(state, draws, self.batch, counter)
             return InversionResult(
                 {n: v[0] for n, v in state.items()},
