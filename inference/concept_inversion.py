@@ -288,6 +288,11 @@ class ConceptInversion:
         grid: points per dimension of the greedy grid.
         search_draws: how many of the shared draws score greedy placement and the
             coordinate search of discrete controls during the run.
+        greedy_sweeps: backfitting passes of the greedy start (each observable re-placed
+            given all the others).
+        greedy_relax: scan the greedy grid with discrete controls relaxed to uniform class
+            probabilities (factors that accept them, e.g. networks with attributes), then
+            enumerate them at the chosen point: ``grid + M`` evaluations instead of ``grid x M``.
         max_configs: largest all-discrete space enumerated exhaustively.
         sweeps: coordinate-search sweeps over discrete controls at each use during a continuous
             run (an all-discrete search sweeps until nothing changes, at most 10 times).
@@ -311,6 +316,8 @@ class ConceptInversion:
         init: str = "random",
         grid: int = 8,
         search_draws: int = 4,
+        greedy_sweeps: int = 1,
+        greedy_relax: bool = False,
         max_configs: int = 4096,
         sweeps: int = 1,
         batch: int = 256,
@@ -339,7 +346,11 @@ class ConceptInversion:
         self.lr_min = float(lr_min)
         self.prune_every, self.keep, self.min_restarts = int(prune_every), float(keep), int(min_restarts)
         self.draws, self.step_draws, self.t_range = int(draws), int(step_draws), (lo, hi)
-        self.search_draws = int(search_draws)
+        self.search_draws, self.greedy_sweeps, self.greedy_relax = (
+            int(search_draws),
+            int(greedy_sweeps),
+            bool(greedy_relax),
+        )
         self.init, self.grid, self.max_configs, self.sweeps = init, int(grid), int(max_configs), int(sweeps)
         self.batch, self.dtype, self.device = int(batch), dtype, torch.device(device)
         self.progress, self.callback = progress, callback
@@ -586,18 +597,55 @@ class ConceptInversion:
         return [(t[:k], e[:k], x[:k]) for t, e, x in draws]
 
     def _greedy(self, prob: _Problem, draws: list[tuple], counter: list[int]) -> dict[str, torch.Tensor]:
-        """Matching pursuit: place the concept observables one at a time on a grid (see module doc)."""
+        """Matching pursuit with backfitting: place the concept observables one at a time on a
+        grid given those already placed, then re-place each given all the others
+        (``greedy_sweeps`` times); see the module docstring."""
         placed: dict[str, torch.Tensor] = {}
         sub = self._sub(draws)
         order = [o for g in prob.groups for o in g.obs if o.controls]
         fixed = {o.name for g in prob.groups for o in g.obs if not o.controls}
         for o in order:
             new = [c for c in dict.fromkeys(o.controls) if c not in placed]
-            axes = []
-            for c in new:
-                if c in prob.candidates:
-                    axes.append(prob.candidates[c].to(self.dtype).reshape(-1, 1))
+            done = {p.name for p in order if set(p.controls) <= set(placed)} | fixed
+            if new:
+                placed.update(self._scan(prob, o, new, placed, done, sub, counter))
+        for _ in range(self.greedy_sweeps):
+            for o in order:
+                own = [
+                    c
+                    for c in dict.fromkeys(o.controls)
+                    if all(c not in p.controls for p in order if p is not o)
+                ]
+                if not own:
                     continue
+                others = {k: v for k, v in placed.items() if k not in own}
+                done = {p.name for p in order if p is not o} | fixed
+                placed.update(self._scan(prob, o, own, others, done, sub, counter))
+        return {c: v[0] for c, v in placed.items()}
+
+    def _scan(
+        self,
+        prob: _Problem,
+        o: _Obs,
+        names: list[str],
+        placed: dict[str, torch.Tensor],
+        done: set[str],
+        sub: list[tuple],
+        counter: list[int],
+    ) -> dict[str, torch.Tensor]:
+        """The best grid point (times discrete candidates) for controls ``names`` of observable ``o``,
+        with the observables in ``done`` at their ``placed`` values and the rest left out."""
+        relaxed = [c for c in names if c in prob.candidates and self.greedy_relax]
+        axes = []
+        for c in names:
+            if c in relaxed:
+                m = prob.candidates[c].shape[0]
+                if not torch.equal(prob.candidates[c].cpu().long(), torch.arange(m)):
+                    raise SceneError(f"greedy_relax needs control {c!r}'s candidates to be 0..{m - 1}")
+                axes.append(torch.full((1, m), 1.0 / m, dtype=self.dtype))  # uniform class probabilities
+            elif c in prob.candidates:
+                axes.append(prob.candidates[c].reshape(prob.candidates[c].shape[0], -1))
+            else:
                 box = prob.interval(c)
                 if box is None:
                     raise SceneError(
@@ -607,19 +655,38 @@ class ConceptInversion:
                 u = (torch.arange(self.grid, dtype=self.dtype) + 0.5) / self.grid
                 pts = torch.cartesian_prod(*[lo[j] + (hi[j] - lo[j]) * u for j in range(lo.numel())])
                 axes.append(pts.reshape(-1, lo.numel()))
-            sizes = [a.shape[0] for a in axes]
-            combo = torch.cartesian_prod(*[torch.arange(s) for s in sizes]).reshape(-1, len(sizes))
-            trial = {}
-            for j, c in enumerate(new):
-                vals = prob.candidates[c][combo[:, j]] if c in prob.candidates else axes[j][combo[:, j]]
-                trial[c] = vals.reshape(combo.shape[0], *prob.shapes[c]).to(self.device)
-            trial.update({k: v.expand(combo.shape[0], *v.shape[1:]) for k, v in placed.items()})
-            done = {p.name for p in order if set(p.controls) <= set(placed)} | fixed
-            with torch.no_grad():
-                base = prob.predict(placed, sub, self.batch, counter, lambda p, done=done: p.name in done)
-                var = prob.predict(trial, sub, self.batch, counter, lambda p, o=o: p is o)
-                loss = prob.error([b + v for b, v in zip(base, var, strict=True)], sub)
-            j = int(loss.argmin())
-            for c in new:
-                placed[c] = trial[c][j : j + 1]
-        return {c: v[0] for c, v in placed.items()}
+        combo = torch.cartesian_prod(*[torch.arange(a.shape[0]) for a in axes]).reshape(-1, len(axes))
+        trial = {}
+        for j, c in enumerate(names):
+            vals = axes[j][combo[:, j]]
+            if c in prob.candidates and c not in relaxed:
+                vals = prob.candidates[c][combo[:, j]]
+            shape = vals.shape[1:] if c in relaxed else prob.shapes[c]
+            trial[c] = vals.reshape(combo.shape[0], *shape).to(self.device)
+        pick = self._best(prob, o, trial, placed, done, sub, counter)
+        for c in relaxed:  # the discrete values at the chosen point, one control at a time
+            m = prob.candidates[c].shape[0]
+            trial = {k: v.expand(m, *v.shape[1:]) for k, v in pick.items()}
+            trial[c] = prob.candidates[c].to(self.device)
+            pick.update(self._best(prob, o, trial, placed, done, sub, counter))
+        return pick
+
+    def _best(
+        self,
+        prob: _Problem,
+        o: _Obs,
+        trial: dict[str, torch.Tensor],
+        placed: dict[str, torch.Tensor],
+        done: set[str],
+        sub: list[tuple],
+        counter: list[int],
+    ) -> dict[str, torch.Tensor]:
+        """The entry of ``trial`` (``C`` candidate values) with the lowest loss, as ``(1, ...)`` tensors."""
+        n = next(iter(trial.values())).shape[0]
+        full = {**{k: v.expand(n, *v.shape[1:]) for k, v in placed.items()}, **trial}
+        with torch.no_grad():
+            base = prob.predict(placed, sub, self.batch, counter, lambda p: p.name in done and p is not o)
+            var = prob.predict(full, sub, self.batch, counter, lambda p: p is o)
+            loss = prob.error([b + v for b, v in zip(base, var, strict=True)], sub)
+        j = int(loss.argmin())
+        return {c: v[j : j + 1] for c, v in trial.items()}
