@@ -29,10 +29,15 @@ image size).  Several observed values add their losses.
   re-scored with ``draws`` shared draws and the best is returned.
 * **Starts**: ``init="random"`` draws from the controls' priors (``N(0, I)`` where a
   control has none, as in Alg. 5); ``init="greedy"`` makes the first restart by
-  matching pursuit: concept observables are placed one at a time, each at the best
-  point of a grid over its controls' bounded supports (times the discrete
-  candidates) given those already placed, with the unplaced ones left out of the
-  sum.  That suits models whose concept terms add up (composed training, Eq. 5.5).
+  matching pursuit with backfitting: concept observables are placed one at a time,
+  each at the best point of a grid over its controls' bounded supports (times the
+  discrete candidates, or with them relaxed to class probabilities and enumerated
+  after) given those already placed and the unplaced ones left out of the sum; then
+  ``greedy_sweeps`` passes re-place each observable given all the others.  The first
+  pass scores a partial scene, which is the right model only when concept terms add
+  up (composed training, Eq. 5.5); the backfitting passes score the whole scene, so
+  they also repair starts under a weighted background (tested on the analytic
+  projective scene).
 * **Choosing K** (Eq. 5.9, Alg. 6): :meth:`ConceptInversion.choose_k` inverts one
   scene per ``K`` and keeps the ``K`` whose minimised loss, re-scored on the same
   shared draws for every ``K``, is lowest.

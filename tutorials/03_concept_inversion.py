@@ -91,7 +91,8 @@ fig.savefig("03_loss_traces.png", dpi=80)
 # continuous (a uniform prior on [0.05, 0.95]^2 bounds them), the colours discrete (a
 # `Categorical` prior makes a control a discrete concept).  `init="greedy"` starts the
 # first restart by matching pursuit: objects are placed one at a time at the best point of
-# a grid, given those already placed; the colours are then set by coordinate search.
+# a grid given those already placed (colours relaxed to class probabilities during the
+# scan, then enumerated), and a backfitting sweep re-places each given all the others.
 
 # %%
 model = pc.models.load("blobs-composed")
@@ -110,6 +111,7 @@ for j in range(3):
 objects = ConceptInversion(
     init="greedy",
     grid=6,
+    greedy_relax=True,
     restarts=2 if FAST else 4,
     steps=20 if FAST else 40,
     prune_every=10,
