@@ -96,9 +96,14 @@ def run(args: argparse.Namespace) -> dict:
             for k in args.ks:
                 g = torch.Generator().manual_seed(args.seed + k)
                 _, lab = datasets.blobs(args.images, g, num_objects=(k, k), min_separation=SEPARATION)
-                imgs, stats = generate(
-                    model, bgs[bg_name], lab["xy"], lab["color"], engine, args.levels, args.seed
-                )
+                try:
+                    imgs, stats = generate(
+                        model, bgs[bg_name], lab["xy"], lab["color"], engine, args.levels, args.seed
+                    )
+                except pc.NumericalError as e:  # the chain diverged until the scores overflowed
+                    rows[str(k)] = {"non_finite": str(e).split(" (")[0], "median_max_abs_pixel": float("inf")}
+                    print(bg_name, engine, k, "non-finite", file=sys.stderr, flush=True)
+                    continue
                 nfe += stats["nfe_total"]
                 rows[str(k)] = score_detections(detect(imgs), lab["xy"], color=lab["color"])
                 # a diverged chain leaves pixels far outside the data's [-1, 1]
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
                 )
                 print(bg_name, engine, k, json.dumps(rows[str(k)]), file=sys.stderr, flush=True)
             mean: dict[str, Any] = {
-                m: round(sum(r[m] for r in rows.values() if r[m] is not None) / len(rows), 4)
+                m: round(sum(r.get(m) or 0.0 for r in rows.values()) / len(rows), 4)
                 for m in ("count_accuracy", "hit_rate", "spurious_per_image", "position_error_px")
             }
             mean["diverged_k"] = [k for k, r in rows.items() if r["median_max_abs_pixel"] > 10]

@@ -192,8 +192,9 @@ def run(args: argparse.Namespace) -> dict:
         },
         "settings": {},
     }
-    cnn, cnn_info = train_cnn(args.cnn_steps, args.seed)
-    out["cnn_training"] = cnn_info
+    if args.settings:
+        cnn, cnn_info = train_cnn(args.cnn_steps, args.seed)
+        out["cnn_training"] = cnn_info
     for name in args.settings:
         spec = SETTINGS[name]
         gen = torch.Generator().manual_seed(args.seed + 1 + list(SETTINGS).index(name))
@@ -268,7 +269,7 @@ def run(args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100)
-    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--restarts", type=int, default=4)
     ap.add_argument("--grid", type=int, default=6)
