@@ -268,8 +268,9 @@ class _Problem:
                 u = torch.rand((r, *self.shapes[name]), generator=gen, dtype=self.dtype)
                 v = box[0].cpu() + (box[1] - box[0]).cpu() * u
             else:
-                torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
-                v = p.sample((r,)).to(self.dtype).reshape(r, *self.shapes[name])
+                with torch.random.fork_rng(devices=[]):  # seeded from the engine, global RNG untouched
+                    torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+                    v = p.sample((r,)).to(self.dtype).reshape(r, *self.shapes[name])
         return v.to(self.device)
 
 
