@@ -422,7 +422,7 @@ class ConceptInversion:
             return InversionResult(
                 {n: v[0] for n, v in state.items()},
                 float(loss[0]),
-                {n: v for n, v in state.items()},
+                dict(state),
                 loss,
                 None,
                 {"method": "coordinate", "configurations": total},
@@ -522,7 +522,6 @@ class ConceptInversion:
             list(params.values()), lr=self.lr
         )
         since = torch.zeros(r, dtype=torch.float64)
-        count = 0
         pruned_at: list[dict[str, int]] = []
         bar = tqdm(range(self.steps), desc="concept inversion", disable=not self.progress, leave=False)
         for step in bar:
@@ -554,7 +553,6 @@ class ConceptInversion:
             lv = loss.detach().double().cpu()
             traces[alive.nonzero()[:, 0], step] = lv
             since[alive] += lv
-            count += 1
             last = step == self.steps - 1
             if (step + 1) % self.prune_every == 0 or last:
                 if prob.discrete:
@@ -571,7 +569,6 @@ class ConceptInversion:
                     alive[live[order[n_keep:]]] = False
                     pruned_at.append({"step": step + 1, "alive": n_keep})
                 since.zero_()
-                count = 0
             if self.callback is not None:
                 self.callback(step, {"loss": lv, "alive": alive.clone()})
         final = {n: params[n].detach() for n in prob.continuous}
