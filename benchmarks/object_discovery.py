@@ -21,6 +21,11 @@ Methods, all told the true count ``K`` (as in Table 5.1):
   10, colours by coordinate search, ``t`` in (0.02, 0.5);
 * ``ours-single-start`` -- the seed's Alg. 5 without multiple initialisation: one random
   start, the same 30 steps (the "w/o multi-init" row);
+* ``generative-classifier`` -- the non-compositional baseline of Table 5.1: the zoo's
+  ``blobs-set``, one network conditioned on the whole set of centres (drawn as one heat
+  map), trained on the same scenes; the set is one ``(K, 2)`` control, inverted with the
+  same steps and restarts (random starts: matching pursuit needs one observable per
+  concept, which is what a non-compositional model lacks);
 * ``cnn`` -- a convolutional regressor of 5 coordinate slots trained here with a
   Hungarian-matched loss on the training distribution (the discriminative baseline;
   every one of its slots is matched, so it is never penalised for extra slots);
@@ -34,10 +39,14 @@ wall time per image.  With ``--count-images N`` the first N in-distribution imag
 also inverted with ``K`` unknown in ``--k-range`` (default [2, 6]; Eq. 5.9): count accuracy and the perception
 rate at the chosen ``K``.
 
-Full run (one CPU thread; about 25 s per in-distribution image for both inversion
-methods, so 100 images per setting take about two hours on one core)::
+Full run (one CPU thread: about 25 s per in-distribution image for both inversion
+methods at the default settings, so 100 images per setting take hours; ``--workers N``
+runs N shards as parallel processes, ``--device cuda`` runs the networks on a GPU, and
+``--time-limit`` stops starting new images, every setting keeping the same images)::
 
     python benchmarks/object_discovery.py --json --out benchmarks/results/object_discovery.json
+    python benchmarks/object_discovery.py --device cuda --workers 10 --steps 100 --restarts 8 \
+        --grid 8 --count-images 40 --json
 
 Smoke test (2 images, tiny settings)::
 
@@ -48,7 +57,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +112,7 @@ def summarise(errors: list[np.ndarray], times: list[float], nfe: list[int] | Non
         "perception_rate": round(float((e < HIT_MSE).mean()), 4),
         "estimation_error": float(f"{e.mean():.3g}"),
         "median_squared_error": float(f"{np.median(e):.3g}"),
+        "images": len(errors),
         "objects": int(e.size),
         "seconds_per_image": round(float(np.mean(times)), 3),
     }
@@ -170,31 +182,51 @@ def train_cnn(steps: int, seed: int) -> tuple[SlotRegressor, dict]:
     }
 
 
-def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    model = pc.models.load("blobs-composed")
+METHODS = ("ours", "ours-single-start", "generative-classifier", "cnn", "detector")
+
+
+def set_scene(image: torch.Tensor, model: Any, k: int) -> pc.Scene:
+    """The generative classifier's scene: one ``(k, 2)`` control, the set of all centres, in one model."""
+    scene = pc.Scene()
+    box = dist.Uniform(torch.full((k, 2), 0.05), torch.full((k, 2), 0.95)).to_event(2)
+    xys = scene.control("xys", (k, 2), prior=box)
+    scene.observe("image", value=image, factor=model, condition={"xys": xys})
+    return scene
+
+
+def _frozen(name: str, device: str) -> Any:
+    model = pc.models.load(name).to(device)
     for p in model.net.parameters():
         p.requires_grad_(False)
-    common = dict(lr=0.01, prune_every=10, t_range=(0.02, 0.5), draws=8, search_draws=2)
+    return model
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Per-image records of this shard (images ``i`` with ``i % shards == shard``), unsummarised."""
+    torch.set_num_threads(args.threads)
+    dev = args.device
+    model = _frozen(args.model, dev)
+    gc_model = _frozen("blobs-set", dev) if "generative-classifier" in args.methods else None
+    common = dict(lr=0.01, prune_every=10, t_range=(0.02, 0.5), draws=args.draws, search_draws=2, device=dev)
     greedy = dict(init="greedy", grid=args.grid, greedy_relax=True, greedy_sweeps=1)
-    ours = ConceptInversion(restarts=args.restarts, steps=args.steps, **greedy, **common)
-    single = ConceptInversion(init="random", restarts=1, steps=args.steps, **common)
-    out: dict[str, Any] = {
-        "config": {
-            "images_per_setting": args.images,
-            "seed": args.seed,
-            "steps": args.steps,
-            "restarts": args.restarts,
-            "grid": args.grid,
-            "threads": args.threads,
-            "hit_mse": HIT_MSE,
-            "command": " ".join(sys.argv),
-        },
-        "settings": {},
+    engines = {
+        "ours": ConceptInversion(restarts=args.restarts, steps=args.steps, **greedy, **common),
+        "ours-single-start": ConceptInversion(init="random", restarts=1, steps=args.steps, **common),
+        "generative-classifier": ConceptInversion(
+            init="random", restarts=args.restarts, steps=args.steps, **common
+        ),
     }
-    if args.settings:
-        cnn, cnn_info = train_cnn(args.cnn_steps, args.seed)
-        out["cnn_training"] = cnn_info
+    records: dict[str, Any] = {"settings": {}}
+    cnn = None
+    if args.settings and "cnn" in args.methods:
+        if args.cnn_weights:  # a worker: the parent trained it
+            cnn = SlotRegressor()
+            cnn.load_state_dict(torch.load(args.cnn_weights, weights_only=True))
+            cnn.eval()
+        else:
+            cnn, records["cnn_training"] = train_cnn(args.cnn_steps, args.seed)
+    shard, shards = args.shard
+    data = {}
     for name in args.settings:
         spec = SETTINGS[name]
         gen = torch.Generator().manual_seed(args.seed + 1 + list(SETTINGS).index(name))
@@ -205,65 +237,114 @@ def run(args: argparse.Namespace) -> dict:
             min_separation=SEPARATION,
             background=spec["background"],
         )
-        rec: dict[str, dict[str, list]] = {
-            m: {"err": [], "time": [], "nfe": []} for m in ("ours", "ours-single-start", "cnn", "detector")
-        }
-        bg = tuple(2 * v - 1 for v in spec["background"])
-        for i in range(args.images):
+        data[name] = (x, lab, tuple(2 * v - 1 for v in spec["background"]))
+        records["settings"][name] = {"per_image": {m: [] for m in args.methods}}
+    gen = torch.Generator().manual_seed(args.seed + 1)  # the in-distribution images again
+    count_x, count_lab = datasets.blobs(args.count_images, gen, num_objects=(3, 5), min_separation=SEPARATION)
+    counter = ConceptInversion(restarts=1, steps=args.steps, **greedy, **common)
+    records["count"] = []
+    deadline = time.monotonic() + (args.time_limit or float("inf"))
+    # images in the outer loop: a run stopped by --time-limit has the same images in every setting
+    for i in range(shard, max(args.images, args.count_images), shards):
+        if time.monotonic() > deadline:
+            break
+        for name, (x, lab, bg) in data.items() if i < args.images else ():
+            rec = records["settings"][name]["per_image"]
             k = int(lab["count"][i])
             true = lab["xy"][i, :k].numpy()
-            for m, eng in (("ours", ours), ("ours-single-start", single)):
-                r = eng.run(concept_scene(x[i], model, k), seed=args.seed + i)
-                pred = torch.stack([r[f"xy{j}"] for j in range(k)]).numpy()
-                rec[m]["err"].append(match(pred, true))
-                rec[m]["time"].append(r.stats["wall_time"])
-                rec[m]["nfe"].append(r.stats["nfe"])
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                pred = cnn(x[i : i + 1])[0].numpy()
-            rec["cnn"]["time"].append(time.perf_counter() - t0)
-            rec["cnn"]["err"].append(match(pred, true))
-            t0 = time.perf_counter()
-            det = detect(x[i : i + 1], background=bg)[0]
-            rec["detector"]["time"].append(time.perf_counter() - t0)
-            rec["detector"]["err"].append(match(det.xy, true))
+            for m in args.methods:
+                t0, nfe = time.perf_counter(), None
+                if m in ("ours", "ours-single-start"):
+                    r = engines[m].run(concept_scene(x[i], model, k), seed=args.seed + i)
+                    pred = torch.stack([r[f"xy{j}"] for j in range(k)]).cpu().numpy()
+                    nfe = r.stats["nfe"]
+                elif m == "generative-classifier":
+                    r = engines[m].run(set_scene(x[i], gc_model, k), seed=args.seed + i)
+                    pred, nfe = r["xys"].cpu().numpy(), r.stats["nfe"]
+                elif m == "cnn":
+                    with torch.no_grad():
+                        pred = cnn(x[i : i + 1])[0].numpy()
+                else:
+                    pred = detect(x[i : i + 1], background=bg)[0].xy
+                rec[m].append([i, match(pred, true).tolist(), time.perf_counter() - t0, nfe])
             if args.verbose:
-                print(
-                    name,
-                    i,
-                    k,
-                    {m: int((v["err"][-1] < HIT_MSE).sum()) for m, v in rec.items()},
-                    file=sys.stderr,
-                    flush=True,
-                )
-        out["settings"][name] = {m: summarise(v["err"], v["time"], v["nfe"] or None) for m, v in rec.items()}
-        out["settings"][name]["mean_objects"] = round(float(lab["count"].float().mean()), 3)
-        if args.out:  # partial results survive an interrupted run
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(out, indent=1) + "\n")
-    if args.count_images:
-        gen = torch.Generator().manual_seed(args.seed + 1)
-        x, lab = datasets.blobs(args.count_images, gen, num_objects=(3, 5), min_separation=SEPARATION)
-        counter = ConceptInversion(restarts=1, steps=args.steps, **greedy, **common)
-        right, errs, times, ks = 0, [], [], []
-        for i in range(args.count_images):
-            k = int(lab["count"][i])
+                hits = {m: int((np.asarray(v[-1][1]) < HIT_MSE).sum()) for m, v in rec.items()}
+                print(name, i, k, hits, file=sys.stderr, flush=True)
+        if i < args.count_images:
+            k = int(count_lab["count"][i])
+            img = count_x[i]
             r = counter.choose_k(
-                lambda kk, img=x[i]: concept_scene(img, model, kk), *args.k_range, seed=args.seed + i
+                lambda kk, img=img: concept_scene(img, model, kk), *args.k_range, seed=args.seed + i
             )
-            right += int(r.k == k)
-            ks.append([k, r.k])
-            pred = torch.stack([r[f"xy{j}"] for j in range(r.k)]).numpy()
-            errs.append(match(pred, lab["xy"][i, :k].numpy()))
-            times.append(r.stats["wall_time_all_k"])
+            pred = torch.stack([r[f"xy{j}"] for j in range(r.k)]).cpu().numpy()
+            err = match(pred, count_lab["xy"][i, :k].numpy())
+            records["count"].append([i, k, r.k, err.tolist(), r.stats["wall_time_all_k"]])
+    return records
+
+
+def summarise_records(shard_records: list[dict], args: argparse.Namespace) -> dict:
+    """Merge shards' per-image records into the benchmark's summary."""
+    out: dict[str, Any] = {
+        "config": {
+            "images_per_setting": args.images,
+            "model": args.model,
+            "seed": args.seed,
+            "steps": args.steps,
+            "restarts": args.restarts,
+            "grid": args.grid,
+            "draws": args.draws,
+            "device": args.device,
+            "workers": args.workers,
+            "time_limit": args.time_limit,
+            "threads": args.threads,
+            "hit_mse": HIT_MSE,
+            "command": " ".join(sys.argv),
+        },
+        "settings": {},
+    }
+    if "cnn_training" in shard_records[0]:
+        out["cnn_training"] = shard_records[0]["cnn_training"]
+    for name in shard_records[0]["settings"]:
+        row: dict[str, Any] = {}
+        for m in shard_records[0]["settings"][name]["per_image"]:
+            recs = sorted(r for s in shard_records for r in s["settings"][name]["per_image"][m])
+            nfe = [r[3] for r in recs] if recs and recs[0][3] is not None else None
+            row[m] = summarise([np.asarray(r[1]) for r in recs], [r[2] for r in recs], nfe)
+        first = row[next(iter(row))]
+        row["mean_objects"] = round(first["objects"] / max(first["images"], 1), 3)
+        out["settings"][name] = row
+    if any(s["count"] for s in shard_records):
+        rows = sorted(r for s in shard_records for r in s["count"])
         out["count"] = {
-            "images": args.count_images,
+            "images": len(rows),
             "k_range": list(args.k_range),
-            "count_accuracy": round(right / args.count_images, 4),
-            "true_and_chosen_k": ks,
-            **summarise(errs, times),
+            "count_accuracy": round(sum(r[1] == r[2] for r in rows) / len(rows), 4),
+            "true_and_chosen_k": [[r[1], r[2]] for r in rows],
+            **summarise([np.asarray(r[3]) for r in rows], [r[4] for r in rows]),
         }
     return out
+
+
+def run_workers(args: argparse.Namespace) -> list[dict]:
+    """Run ``args.workers`` shards as subprocesses (e.g. several on one GPU) and collect their records."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra, info = [], None
+        if args.settings and "cnn" in args.methods:  # trained once, here, and shared
+            cnn, info = train_cnn(args.cnn_steps, args.seed)
+            torch.save(cnn.state_dict(), f"{tmp}/cnn.pt")
+            extra = ["--cnn-weights", f"{tmp}/cnn.pt"]
+        procs = []
+        for w in range(args.workers):
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--shard", str(w), str(args.workers)]
+            cmd += ["--workers", "1", "--records", f"{tmp}/{w}.json", *extra]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"object_discovery: worker exit codes {codes}")
+        records = [json.loads(Path(f"{tmp}/{w}.json").read_text()) for w in range(args.workers)]
+        if info is not None:
+            records[0]["cnn_training"] = info
+        return records
 
 
 def main() -> None:
@@ -276,8 +357,17 @@ def main() -> None:
     ap.add_argument("--cnn-steps", type=int, default=1500)
     ap.add_argument("--count-images", type=int, default=0)
     ap.add_argument("--k-range", type=int, nargs=2, default=(2, 6))
+    ap.add_argument("--draws", type=int, default=8, help="shared (t, eps) draws per step and per score")
+    ap.add_argument("--model", default="blobs-composed", help="the composed-trained object model")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the CNN is trained on the CPU)")
+    ap.add_argument("--time-limit", type=float, help="seconds; stop starting new images after it")
+    ap.add_argument("--workers", type=int, default=1, help="shards run as parallel subprocesses")
+    ap.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--records", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cnn-weights", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="2 images, tiny settings (smoke test)")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--json", action="store_true", help="print JSON only")
@@ -286,8 +376,11 @@ def main() -> None:
     if args.quick:
         args.images, args.steps, args.restarts, args.grid, args.cnn_steps = 2, 4, 2, 3, 20
         args.settings, args.count_images, args.k_range = ["in-distribution"], 1, (3, 4)
-    res = run(args)
-    emit(res, args.out)
+    if args.records:  # a worker: raw records only
+        args.records.write_text(json.dumps(run(args)))
+        return
+    shard_records = run_workers(args) if args.workers > 1 else [run(args)]
+    emit(summarise_records(shard_records, args), args.out)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ network:
 * **continuous conditions** -- ``{"xy": 2}``: random Fourier features of the
   value, or a learned null vector when absent (a row of NaNs marks one sample's
   condition as absent);
+* **point sets** (:class:`UNet` only) -- ``{"xys": 0.1}``: a set of image
+  positions ``(N, S, 2)`` drawn as one heat-map channel (the sum of a bump per
+  point, NaN rows absent), so the network is invariant to the order of the set
+  and takes any number of points;
 * **unconditional** use -- no conditions at all.
 
 The embeddings are summed with the time embedding and added in every block.
@@ -219,7 +223,10 @@ class UNet(nn.Module):
     told through a global condition vector.  ``spatial`` names continuous
     conditions that are image positions ``(x, y)`` in [0, 1] and a radius: each is
     also drawn as an input channel ``exp(-|p - xy|^2 / (2 r^2))`` (zero when the
-    condition is absent).  A global vector alone was ignored in training: the eps
+    condition is absent).  ``point_sets`` names set-valued conditions ``(N, S, 2)``
+    that enter through such a channel alone, the sum of one bump per present point
+    (the non-compositional "generative classifier" of the dissertation's Table 5.1
+    is conditioned on all object positions this way).  A global vector alone was ignored in training: the eps
     loss gains almost nothing from a blob's position, which touches a few dozen of
     3072 pixels, while a map hands the position to the convolutions directly.
     """
@@ -236,6 +243,7 @@ class UNet(nn.Module):
         time_scale: float = 1000.0,
         coords: bool = False,
         spatial: dict[str, float] | None = None,
+        point_sets: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         if size % 2 ** (len(mults) - 1):
@@ -251,7 +259,13 @@ class UNet(nn.Module):
             "time_scale": time_scale,
             "coords": bool(coords),
             "spatial": {k: float(r) for k, r in (spatial or {}).items()},
+            "point_sets": {k: float(r) for k, r in (point_sets or {}).items()},
         }
+        clash = set(self.config["point_sets"]) & (
+            set(self.config["continuous"]) | set(self.config["attributes"])
+        )
+        if clash:
+            raise DataError(f"UNet: point sets {sorted(clash)} are also attributes or continuous conditions")
         bad = set(self.config["spatial"]) - set(self.config["continuous"])
         if bad or any(self.config["continuous"][k] != 2 for k in self.config["spatial"]):
             raise DataError(
@@ -260,8 +274,9 @@ class UNet(nn.Module):
         emb = 4 * base
         self.time = TimeEmbedding(emb, time_scale)
         self.cond = Conditioning(emb, attributes, continuous)
-        self.inp = nn.Conv2d(channels + 2 * bool(coords) + len(self.config["spatial"]), base, 3, padding=1)
-        if coords or spatial:
+        maps = len(self.config["spatial"]) + len(self.config["point_sets"])
+        self.inp = nn.Conv2d(channels + 2 * bool(coords) + maps, base, 3, padding=1)
+        if coords or maps:
             grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
             gy, gx = torch.meshgrid(grid, grid, indexing="ij")
             self.register_buffer("_coords", torch.stack([gx, gy])[None], persistent=False)
@@ -284,10 +299,14 @@ class UNet(nn.Module):
         _zero(self.out[-1])
 
     def forward(self, y: torch.Tensor, t: torch.Tensor, cond: CondDict | None = None) -> torch.Tensor:
+        cond = dict(cond or {})
+        sets = {k: cond.pop(k, None) for k in self.config["point_sets"]}
         emb = _embed(self.time, self.cond, y, t, cond)
         extra = [self._coords.to(y.dtype).expand(y.shape[0], -1, -1, -1)] if self.config["coords"] else []
         for k, r in self.config["spatial"].items():
-            extra.append(self._heatmap((cond or {}).get(k), r, y))
+            extra.append(self._heatmap(cond.get(k), r, y))
+        for k, r in self.config["point_sets"].items():
+            extra.append(self._set_heatmap(k, sets[k], r, y))
         h = self.inp(torch.cat([y, *extra], 1) if extra else y)
         skips = []
         for block, pool in zip(self.down, self.pool, strict=True):
@@ -313,6 +332,24 @@ class UNet(nn.Module):
         present = ~torch.isnan(v).any(1)
         return torch.exp(-d2 / (2 * radius**2)) * present.to(like.dtype)[:, None, None, None]
 
+    def _set_heatmap(self, name: str, xys: Any, radius: float, like: torch.Tensor) -> torch.Tensor:
+        """``sum_s exp(-|p - xy_s|^2 / (2 r^2))`` over the present points of each sample's set."""
+        n = like.shape[0]
+        if xys is None:
+            return like.new_zeros(n, 1, *like.shape[-2:])
+        v = torch.as_tensor(xys, dtype=like.dtype, device=like.device)
+        if v.ndim == 2:  # one set shared by the batch
+            v = v[None]
+        if v.ndim != 3 or v.shape[-1] != 2 or v.shape[0] not in (1, n):
+            raise DataError(
+                f"point set {name!r} must have shape (S, 2) or (N, S, 2) with N = {n}, got {tuple(v.shape)}"
+            )
+        v = v.expand(n, -1, -1)
+        grid = (self._coords.to(like.dtype) + 1) / 2  # (1, 2, H, W)
+        d2 = (grid[:, None] - torch.nan_to_num(v)[:, :, :, None, None]).square().sum(2)  # (N, S, H, W)
+        present = (~torch.isnan(v).any(-1)).to(like.dtype)[:, :, None, None]
+        return (torch.exp(-d2 / (2 * radius**2)) * present).sum(1, keepdim=True)
+
 
 def build(config: dict[str, Any]) -> nn.Module:
     """A network from its JSON config (no code is executed: only known kinds are built)."""
@@ -335,6 +372,7 @@ def build(config: dict[str, Any]) -> nn.Module:
             mults,
             coords=bool(cfg.pop("coords", False)),
             spatial={k: float(r) for k, r in cfg.pop("spatial", {}).items()},
+            point_sets={k: float(r) for k, r in cfg.pop("point_sets", {}).items()},
             **shared,
         )
     raise DataError(f"unknown network kind {kind!r}")

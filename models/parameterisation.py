@@ -128,7 +128,7 @@ class NetworkFactor(ModelFactor):
     @property
     def condition_names(self) -> tuple[str, ...]:  # type: ignore[override]
         cfg = getattr(self.net, "config", {}) or {}
-        return (*cfg.get("attributes", {}), *cfg.get("continuous", {}))
+        return (*cfg.get("attributes", {}), *cfg.get("continuous", {}), *cfg.get("point_sets", {}))
 
     def eps_given(self, y: torch.Tensor, t: Any, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """``eps_hat(y, t | c)`` with per-particle conditions, differentiable in them.

@@ -60,6 +60,7 @@ class Recipe:
     mults: tuple[int, ...] = (1, 2, 2)
     coords: bool = False
     spatial: dict[str, float] = field(default_factory=dict)
+    point_sets: dict[str, float] = field(default_factory=dict)
     objective: str = "eps"
     lam: float = 0.0
     device: str = "cpu"
@@ -124,6 +125,64 @@ RECIPES: dict[str, Recipe] = {
         notes="3-5 objects, one (xy, colour) concept each, composed training (dissertation Eq. 5.5)",
         **_OBJECT_UNET,
     ),
+    "blobs-composed-long": Recipe(
+        "blobs-3-5",
+        batch=64,
+        p_drop=0.0,
+        objective="composed",
+        notes="blobs-composed trained 3x longer (12000 steps): does inversion gain from a better model?",
+        **{**_OBJECT_UNET, "steps": 12000},
+    ),
+    "blobs-set": Recipe(
+        "blobs-set",
+        "eps",
+        steps=4000,
+        batch=64,
+        lr=5e-4,
+        ema=0.999,
+        p_drop=0.0,
+        network="unet",
+        coords=True,
+        point_sets={"xys": 0.1},
+        device="cuda",
+        notes="3-5 objects, one network conditioned on the whole set of centres (a heat map of all of "
+        "them): the non-compositional generative classifier of dissertation Table 5.1",
+    ),
+    "blob-clutter": Recipe(
+        "blob-clutter",
+        batch=128,
+        notes="variant (C) of the projective seed: a blob at xy among 0-4 other random objects; "
+        "p_drop 0.3 per condition, so 9% of the batch trains the cluttered background (1-5 objects)",
+        **{**_OBJECT_UNET, "p_drop": 0.3},
+    ),
+    "blob-empty": Recipe(
+        "blob-empty",
+        "eps-precond",
+        sigma_data=1.0,
+        steps=2000,
+        batch=128,
+        lr=5e-4,
+        ema=0.999,
+        network="unet",
+        coords=True,
+        device="cuda",
+        notes="the empty scene (black 32x32 images): the learned empty background of the projective seed. "
+        "Preconditioned: a plain eps network's x0 = (y - sigma eps) / alpha multiplies its eps error by "
+        "sigma / alpha (~150 at t = 1), and its DDPM samples of this one image ended 7 px-units off",
+    ),
+    "blob-part": Recipe(
+        "blob-part",
+        "eps",
+        steps=4000,
+        batch=128,
+        lr=5e-4,
+        ema=0.999,
+        attributes={"color": 6},
+        network="unet",
+        mults=(1, 2),
+        device="cuda",
+        notes="16x16 crops holding one blob, conditioned on its colour: the part model of whole + part",
+    ),
     "texture-patch": Recipe(
         "texture-patch",
         "eps",
@@ -175,6 +234,7 @@ def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
             recipe.mults,
             coords=recipe.coords,
             spatial=recipe.spatial,
+            point_sets=recipe.point_sets,
             **cond,
         )
     else:
@@ -318,6 +378,7 @@ def list_models() -> list[dict[str, Any]]:
                 "conditioning": {
                     **cfg["architecture"].get("attributes", {}),
                     **cfg["architecture"].get("continuous", {}),
+                    **{k: "point set" for k in cfg["architecture"].get("point_sets", {})},
                 }
                 or None,
                 "steps": cfg.get("steps"),

@@ -10,6 +10,10 @@ Each data name maps to a seeded sampler ``draw(n, generator) -> (x, cond)``:
   the cluttered background of 1-5 objects.
 * ``blobs-3-5`` -- 3-5 objects 7 px apart, every object a concept ``(xy, color)``
   with a mask: data for composed training (dissertation Eq. 5.5).
+* ``blobs-set`` -- the same scenes with one set-valued condition ``xys`` ``(n, 5, 2)``
+  (NaN rows for absent objects): data for the non-compositional generative classifier.
+* ``blob-empty`` -- the empty scene, black 32x32 images: the learned empty background.
+* ``blob-part`` -- 16x16 crops holding one blob, condition ``color``: the part model.
 * ``texture-patch`` -- 16x16 windows cut at random from 64x64 smooth periodic
   textures (one channel, unit variance): the patch model of panoramas.
 * ``signal-window`` -- 32-sample windows of smooth periodic 1-D signals.
@@ -55,6 +59,20 @@ def _blobs_3_5(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torc
     return x, {"xy": lab["xy"], "color": lab["color"], "mask": lab["mask"]}
 
 
+def _blobs_set(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    x, lab = datasets.blobs(n, g, num_objects=(3, 5), min_separation=SEPARATION)
+    return x, {"xys": torch.where(lab["mask"][..., None], lab["xy"], float("nan"))}
+
+
+def _blob_empty(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return torch.full((n, 3, 32, 32), -1.0), {}
+
+
+def _blob_part(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    x, lab = datasets.blobs(n, g, size=16, num_objects=(1, 1), margin=0.25)
+    return x, {"color": lab["color"][:, 0]}
+
+
 def _windows(field: torch.Tensor, width: int, g: torch.Generator) -> torch.Tensor:
     """One random ``width``-wide window per row of ``field`` ``(n, [1, S,] S)``, periodic."""
     n, size = field.shape[0], field.shape[-1]
@@ -79,6 +97,9 @@ IMAGE_DATA: dict[str, tuple[Draw, tuple[int, ...]]] = {
     "blob": (_blob, (3, 32, 32)),
     "blob-clutter": (_blob_clutter, (3, 32, 32)),
     "blobs-3-5": (_blobs_3_5, (3, 32, 32)),
+    "blobs-set": (_blobs_set, (3, 32, 32)),
+    "blob-empty": (_blob_empty, (3, 32, 32)),
+    "blob-part": (_blob_part, (3, 16, 16)),
     "texture-patch": (_texture_patch, (1, 16, 16)),
     "signal-window": (_signal_window, (32,)),
 }
@@ -137,16 +158,29 @@ def evaluate(
             out["real"] = score_detections(detect(real), xy, color=col)
         else:  # clutter: the requested object must be there; the others are random
             out["generated"]["mean_objects"] = round(sum(d.count for d in detect(imgs)) / n, 3)
-    elif data == "blobs-3-5":
+    elif data in ("blobs-3-5", "blobs-set"):
         for k in (3, 5):
             real, lab = _requests(data, n, g, k)
-            fs = [
-                factor.condition(xy=lab["xy"][:, j].to(device), color=lab["color"][:, j].to(device))
-                for j in range(k)
-            ]
+            if data == "blobs-set":
+                fs = [factor.condition(xys=lab["xy"].to(device))]
+            else:
+                fs = [
+                    factor.condition(xy=lab["xy"][:, j].to(device), color=lab["color"][:, j].to(device))
+                    for j in range(k)
+                ]
             imgs = _sample(fs, n, steps, seed, device)
             out[f"generated_k{k}"] = score_detections(detect(imgs), lab["xy"], color=lab["color"])
             out[f"real_k{k}"] = score_detections(detect(real), lab["xy"], color=lab["color"])
+    elif data == "blob-empty":
+        imgs = _sample([factor], n, steps, seed, device).cpu()
+        out["pixel_rmse_to_empty"] = round(float((imgs + 1).square().mean().sqrt()), 4)
+        out["mean_objects_detected"] = round(sum(d.count for d in detect(imgs)) / n, 3)
+    elif data == "blob-part":
+        real, lab = datasets.blobs(n, g, size=16, num_objects=(1, 1), margin=0.25)
+        col = lab["color"][:, 0]
+        imgs = _sample([factor.condition(color=col.to(device))], n, steps, seed, device)
+        out["generated"] = score_detections(detect(imgs), lab["xy"][:, 0], color=col, size=16)
+        out["real"] = score_detections(detect(real), lab["xy"][:, 0], color=col, size=16)
     else:
         draw = draw_fn(data)
         ref, ref2 = draw(n, g)[0], draw(n, g)[0]

@@ -56,7 +56,7 @@ def test_panorama_benchmark_quick():
 def test_object_discovery_benchmark_quick():
     data = _quick("object_discovery.py", "--quick", "--json")
     rows = data["settings"]["in-distribution"]
-    assert set(rows) >= {"ours", "ours-single-start", "cnn", "detector"}
+    assert set(rows) >= {"ours", "ours-single-start", "generative-classifier", "cnn", "detector"}
     assert rows["detector"]["perception_rate"] == 1.0 and data["count"]["images"] == 1
 
 
@@ -78,5 +78,27 @@ def test_attribute_inference_benchmark_quick():
 @pytest.mark.slow
 def test_length_generalisation_benchmark_quick():
     data = _quick("length_generalisation.py", "--quick", "--json")
-    assert set(data["results"]) == {"empty/ddpm", "bayes/ddpm"}
+    assert set(data["results"]) == {f"{b}/ddpm" for b in ("empty", "empty-learned", "bayes", "clutter")}
     assert set(data["results"]["empty/ddpm"]["per_k"]) == {"1", "3"}
+
+
+@pytest.mark.slow
+def test_whole_part_benchmark_quick():
+    data = _quick("whole_part.py", "--quick", "--json")
+    assert set(data["methods"]) == {
+        "per-step-em", "per-step-em-control", "reverse-diffusion", "reverse-diffusion-control"
+    }  # fmt: skip
+    assert data["real"]["whole_count_ok"] == 1.0 and abs(data["real"]["whole_denoising_loss"] - 1) < 0.5
+
+
+@pytest.mark.slow
+def test_background_object_benchmark_quick():
+    data = _quick("background_object.py", "--quick", "--json")
+    assert set(data["methods"]) == {"per-step-em", "reverse-diffusion", "paste"}
+    assert data["real"]["object_at_box"] == 1.0
+
+
+@pytest.mark.slow
+def test_devices_benchmark_quick():
+    data = _quick("devices.py", "--quick", "--json")
+    assert data["cpu"]["reverse-diffusion/N=2"]["nfe"] > 0 and data["cpu"]["concept-inversion"]["nfe"] > 0

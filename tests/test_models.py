@@ -238,3 +238,28 @@ def test_spatial_condition_is_drawn_as_a_map_and_round_trips(tmp_path):
     assert f.net.config["spatial"] == {"xy": 0.1}
     with pytest.raises(pc.DataError, match="spatial"):
         UNet(3, 16, 8, (1, 2), continuous={"v": 3}, spatial={"v": 0.1})
+
+
+def test_point_set_condition_is_an_order_free_sum_of_bumps(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(3, 16, 8, (1, 2), coords=True, point_sets={"xys": 0.1})
+    torch.nn.init.normal_(net.out[-1].weight, std=0.1)
+    nan = float("nan")
+    pts = torch.tensor([[[0.25, 0.75], [0.6, 0.3], [nan, nan]]])
+    y, t = torch.randn(1, 3, 16, 16), torch.rand(1)
+    one = net._heatmap(pts[0, :1], 0.1, y) + net._heatmap(pts[0, 1:2], 0.1, y)
+    assert torch.allclose(net._set_heatmap("xys", pts, 0.1, y), one)  # NaN rows are absent
+    out = net(y, t, {"xys": pts})
+    assert torch.allclose(net(y, t, {"xys": pts[:, [2, 1, 0]]}), out, atol=1e-6)  # order-free
+    assert not torch.allclose(net(y, t, {"xys": pts[:, :1]}), out)
+    assert torch.equal(net(y, t), net(y, t, {"xys": pts[:, 2:]}))  # all absent = unconditional
+    f = load(save(tmp_path / "gc", net, schedule=pc.schedules.linear(), event_shape=(3, 16, 16)))
+    assert f.condition_names == ("xys",)
+    assert torch.allclose(
+        f.eps_given(y, 0.3, {"xys": pts}),
+        f.net(y, f.schedule.model_time(torch.tensor([0.3])).float(), {"xys": pts}),
+    )
+    with pytest.raises(pc.DataError, match="point set 'xys'"):
+        net(y, t, {"xys": torch.rand(1, 3, 3)})
+    with pytest.raises(pc.DataError, match="point sets"):
+        UNet(3, 16, 8, (1, 2), continuous={"xys": 2}, point_sets={"xys": 0.1})

@@ -7,15 +7,13 @@ import probcomp as pc
 from probcomp.models import load, read_config
 from probcomp.models.checkpoint import ZOO_DIR
 from probcomp.models.zoo import RECIPES, evaluate, list_models
+from probcomp.models.zoo_data import IMAGE_DATA
 
 SHIPPED = sorted(p.stem for p in ZOO_DIR.glob("*.json"))
 
 
 def test_every_recipe_is_shipped():
     assert set(SHIPPED) == set(RECIPES)
-
-
-IMAGE_DATA = ("blob", "blobs-3-5", "texture-patch", "signal-window")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -38,6 +36,15 @@ def test_zoo_entry_loads_and_records_its_run(name):
     elif "sliced_w2" in q:  # textures and signals
         assert q["sliced_w2"] < 1.5 * q["sliced_w2_floor"], q
         assert abs(q["pixel_std"] / q["pixel_std_data"] - 1) < 0.1, q
+    elif cfg["data"] == "blob-part":  # one blob of the requested colour per crop
+        assert q["generated"]["count_accuracy"] > 0.9 and q["generated"]["color_accuracy"] > 0.9, q
+    elif cfg["data"] == "blob-empty":  # samples are the black empty scene
+        assert q["pixel_rmse_to_empty"] < 0.1 and q["mean_objects_detected"] < 0.1, q
+    elif cfg["data"] == "blob-clutter":
+        # a requested object among 0-4 random ones: the weakest object model (see its notes)
+        assert q["generated"]["hit_rate"] > 0.4 and 1.0 <= q["generated"]["mean_objects"] <= 5.0, q
+    elif cfg["data"] == "blobs-set":  # the baseline: objects where asked, but extra ones too
+        assert q["generated_k5"]["hit_rate"] > 0.8, q
     else:  # object models: the detector finds the requested objects where they were asked for
         gen = q.get("generated") or q["generated_k5"]
         assert gen["hit_rate"] > 0.8 and gen["position_error_px"] < 1.0, q
