@@ -16,7 +16,8 @@ quadrants' centres; a composite's mask is one per scene, so each place is one ru
 Methods (same number of levels):
 
 * ``per-step-em`` -- :class:`~probcomp.inference.PerStepEM` on the three observables
-  (Eq. 29 fuses the three DDIM proposals; the composite ties ``x1`` and ``x2``);
+  (Eq. 29 fuses the three DDIM proposals; the composite ties ``x1`` and ``x2``), and
+  ``per-step-em-eta1`` with stochastic DDIM steps (``eta = 1``, Eq. 14);
 * ``reverse-diffusion`` -- :class:`~probcomp.inference.ReverseDiffusion` on the same scene;
 * ``paste`` -- ``x1`` and ``x2`` drawn independently (DDPM on ``y1`` and ``y2`` alone) and
   composited afterwards: what an editor without the joint model does.
@@ -55,6 +56,7 @@ from probcomp.detection import detect
 from probcomp.inference import PerStepEM, ReverseDiffusion
 
 BOX = 12  # pixels
+FIGURE: dict[str, torch.Tensor] = {}  # method -> composites, for --figure
 SIZE = 32
 
 
@@ -153,6 +155,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     runs = {
         "per-step-em": (lambda: PerStepEM(args.levels, 1, device=dev), True),
+        "per-step-em-eta1": (lambda: PerStepEM(args.levels, 1, eta=1.0, device=dev), True),
         "reverse-diffusion": (lambda: ReverseDiffusion(args.levels, device=dev), True),
         "paste": (lambda: ReverseDiffusion(args.levels, device=dev), False),
     }
@@ -169,6 +172,7 @@ def run(args: argparse.Namespace) -> dict:
         b_all = torch.tensor(CENTRES).repeat_interleave(per, 0)
         judge = clutter.condition(xy=b_all.to(dev), color=color.to(dev))
         row = scores(torch.cat(comps), torch.cat(x1s), b_all, color, judge, ref, args.seed + 2)
+        FIGURE[name] = torch.cat([c[:2] for c in comps])  # two per box place
         row["nfe_per_sample"] = nfe
         row["seconds"] = round(time.perf_counter() - t0, 2)
         out["methods"][name] = row
@@ -183,6 +187,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--figure", help="PNG: the first 8 images of every method, one row each")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out")
@@ -190,6 +195,12 @@ def main() -> None:
     if args.quick:
         args.images, args.levels = 4, 5
     emit(run(args), args.out)
+    if args.figure:
+        from probcomp.plots import image_grid
+
+        rows = [v[:8] for v in FIGURE.values()]
+        titles = [f"{name} {j}" if j == 0 else "" for name in FIGURE for j in range(8)]
+        image_grid(torch.cat(rows).cpu(), ncol=8, titles=titles).savefig(args.figure, dpi=120)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ places -- the model never saw two objects together.  Backgrounds:
   pixel), so its noised density is known in closed form: an analytic
   :class:`~probcomp.factors.Gaussian` at -1 with std 0.01, exact at every noise level
   (the seed's Def. 5.1 background, without a learned model's error);
-* ``empty-learned`` -- the zoo's ``blob-empty``, a U-Net trained on the empty scene: the
-  seed's learned empty background, whose errors saturate like the object model's;
+* ``empty-learned`` -- the zoo's ``blob-empty``, a plain eps U-Net trained on the empty
+  scene like the object model: the seed's learned empty background, whose eps saturates
+  away from the data as the object model's does;
+* ``empty-precond`` -- ``blob-empty-precond``, the same with EDM preconditioning: its
+  eps is ``sigma / v * y`` plus a bounded network term, so it extrapolates linearly, like
+  the exact background;
 * ``bayes`` -- the unconditional single-object model (``blob-xy`` with its conditions
   dropped), which the seed predicts fails (Lemma 7.2): it often yields no object;
 * ``clutter`` -- the seed's variant (C): objects from ``blob-clutter`` (a blob at ``xy``
@@ -57,7 +61,7 @@ from probcomp.inference import AnnealedMCMC, ReverseDiffusion
 SEPARATION = 7.0
 
 
-BACKGROUNDS = ("empty", "empty-learned", "bayes", "clutter")
+BACKGROUNDS = ("empty", "empty-learned", "empty-precond", "bayes", "clutter")
 
 
 def models_for(background: str, device: str) -> tuple[Any, Any]:
@@ -71,6 +75,8 @@ def models_for(background: str, device: str) -> tuple[Any, Any]:
         return model, Gaussian(mean, 0.01, event_shape=(3, 32, 32), name="empty")
     if background == "empty-learned":
         return model, pc.models.load("blob-empty").to(device)
+    if background == "empty-precond":
+        return model, pc.models.load("blob-empty-precond").to(device)
     return model, model
 
 

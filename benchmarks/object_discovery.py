@@ -56,6 +56,7 @@ Smoke test (2 images, tiny settings)::
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
@@ -325,6 +326,27 @@ def summarise_records(shard_records: list[dict], args: argparse.Namespace) -> di
     return out
 
 
+def summarise_log(path: Path) -> dict:
+    """Perception rates from the per-image lines of a ``--verbose`` log (for runs stopped early).
+
+    Each line reads ``SETTING IMAGE K {method: hits}``; only perception rates can be
+    recovered (no errors, times or NFE).  Lines of images seen twice count once."""
+    seen: dict[tuple[str, int], tuple[int, dict]] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) == 4 and parts[0] in SETTINGS:
+            seen[(parts[0], int(parts[1]))] = (int(parts[2]), ast.literal_eval(parts[3]))
+    out: dict[str, Any] = {"log": str(path), "command": " ".join(sys.argv), "settings": {}}
+    for name in SETTINGS:
+        rows = [v for (s, _), v in seen.items() if s == name]
+        if not rows:
+            continue
+        objects = sum(k for k, _ in rows)
+        rates = {m: round(sum(h[m] for _, h in rows) / objects, 4) for m in rows[0][1]}
+        out["settings"][name] = {"images": len(rows), "objects": objects, "perception_rate": rates}
+    return out
+
+
 def run_workers(args: argparse.Namespace) -> list[dict]:
     """Run ``args.workers`` shards as subprocesses (e.g. several on one GPU) and collect their records."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -366,6 +388,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, help="seconds; stop starting new images after it")
     ap.add_argument("--workers", type=int, default=1, help="shards run as parallel subprocesses")
     ap.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--summarise-log", type=Path, help="perception rates from a --verbose log, then exit")
     ap.add_argument("--records", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cnn-weights", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="2 images, tiny settings (smoke test)")
@@ -376,6 +399,9 @@ def main() -> None:
     if args.quick:
         args.images, args.steps, args.restarts, args.grid, args.cnn_steps = 2, 4, 2, 3, 20
         args.settings, args.count_images, args.k_range = ["in-distribution"], 1, (3, 4)
+    if args.summarise_log:
+        emit(summarise_log(args.summarise_log), args.out)
+        return
     if args.records:  # a worker: raw records only
         args.records.write_text(json.dumps(run(args)))
         return

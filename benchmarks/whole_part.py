@@ -13,6 +13,9 @@ The requested colour is drawn per image.  Methods, all with the same number of l
 
 * ``per-step-em`` -- :class:`~probcomp.inference.PerStepEM` (deterministic DDIM per
   observable, Eq. 15, fused by the least squares of Eq. 29);
+* ``per-step-em-eta1`` -- the same with stochastic DDIM steps (``eta = 1``, Eq. 14): the
+  zoo's image models predict plain eps, whose deterministic DDIM integrates their
+  high-noise error with weight ``d(sigma / alpha)``;
 * ``reverse-diffusion`` -- :class:`~probcomp.inference.ReverseDiffusion` (DDPM) on the
   same scene, the crop's score added to the whole's on its pixels;
 * ``*-control`` -- the same engine without the part observable (the seed's control group).
@@ -48,6 +51,7 @@ from probcomp.detection import detect
 from probcomp.inference import PerStepEM, ReverseDiffusion
 
 CROP = 16
+FIGURE: dict[str, torch.Tensor] = {}  # method -> generated images, for --figure
 
 
 def build(whole: Any, part: Any | None, color: torch.Tensor | None) -> pc.Scene:
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     real_loss = denoising_loss(whole, real.to(dev), args.seed + 1)
     engines = {
         "per-step-em": lambda: PerStepEM(args.levels, 1, device=dev),
+        "per-step-em-eta1": lambda: PerStepEM(args.levels, 1, eta=1.0, device=dev),
         "reverse-diffusion": lambda: ReverseDiffusion(args.levels, device=dev),
     }
     out: dict[str, Any] = {
@@ -120,6 +125,7 @@ def run(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             res = make().run(scene, args.images, seed=args.seed)
             row = scores(res["x"], color, whole, real_loss, args.seed + 2)
+            FIGURE[name + ("-control" if control else "")] = res["x"]
             row["nfe_per_sample"] = res.stats["nfe_total"]
             row["seconds"] = round(time.perf_counter() - t0, 2)
             out["methods"][name + ("-control" if control else "")] = row
@@ -134,6 +140,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--figure", help="PNG: the first 8 images of every method, one row each")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--out")
@@ -141,6 +148,12 @@ def main() -> None:
     if args.quick:
         args.images, args.levels = 4, 5
     emit(run(args), args.out)
+    if args.figure:
+        from probcomp.plots import image_grid
+
+        rows = [v[:8] for v in FIGURE.values()]
+        titles = [f"{name} {j}" if j == 0 else "" for name in FIGURE for j in range(8)]
+        image_grid(torch.cat(rows).cpu(), ncol=8, titles=titles).savefig(args.figure, dpi=120)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,21 @@ RECIPES: dict[str, Recipe] = {
     ),
     "blob-empty": Recipe(
         "blob-empty",
+        "eps",
+        steps=2000,
+        batch=128,
+        lr=5e-4,
+        ema=0.999,
+        network="unet",
+        coords=True,
+        device="cuda",
+        notes="the empty scene (black 32x32 images), a plain eps U-Net like the object models: the "
+        "learned empty background of the projective seed. Sampled alone it fails (x0 = (y - sigma eps) "
+        "/ alpha multiplies its eps error by sigma / alpha, ~150 at t = 1), but composed with blob-xy its "
+        "errors saturate like theirs (benchmarks/length_generalisation.py)",
+    ),
+    "blob-empty-precond": Recipe(
+        "blob-empty",
         "eps-precond",
         sigma_data=1.0,
         steps=2000,
@@ -166,9 +181,8 @@ RECIPES: dict[str, Recipe] = {
         network="unet",
         coords=True,
         device="cuda",
-        notes="the empty scene (black 32x32 images): the learned empty background of the projective seed. "
-        "Preconditioned: a plain eps network's x0 = (y - sigma eps) / alpha multiplies its eps error by "
-        "sigma / alpha (~150 at t = 1), and its DDPM samples of this one image ended 7 px-units off",
+        notes="blob-empty with EDM preconditioning: its own samples are black (the eps model's are not), "
+        "but its eps extrapolates linearly, like the exact Gaussian, and diverges under weight 1 - K",
     ),
     "blob-part": Recipe(
         "blob-part",

@@ -78,23 +78,24 @@ def test_attribute_inference_benchmark_quick():
 @pytest.mark.slow
 def test_length_generalisation_benchmark_quick():
     data = _quick("length_generalisation.py", "--quick", "--json")
-    assert set(data["results"]) == {f"{b}/ddpm" for b in ("empty", "empty-learned", "bayes", "clutter")}
+    assert set(data["results"]) == {
+        f"{b}/ddpm" for b in ("empty", "empty-learned", "empty-precond", "bayes", "clutter")
+    }
     assert set(data["results"]["empty/ddpm"]["per_k"]) == {"1", "3"}
 
 
 @pytest.mark.slow
 def test_whole_part_benchmark_quick():
     data = _quick("whole_part.py", "--quick", "--json")
-    assert set(data["methods"]) == {
-        "per-step-em", "per-step-em-control", "reverse-diffusion", "reverse-diffusion-control"
-    }  # fmt: skip
+    engines = ("per-step-em", "per-step-em-eta1", "reverse-diffusion")
+    assert set(data["methods"]) == {e + c for e in engines for c in ("", "-control")}
     assert data["real"]["whole_count_ok"] == 1.0 and abs(data["real"]["whole_denoising_loss"] - 1) < 0.5
 
 
 @pytest.mark.slow
 def test_background_object_benchmark_quick():
     data = _quick("background_object.py", "--quick", "--json")
-    assert set(data["methods"]) == {"per-step-em", "reverse-diffusion", "paste"}
+    assert set(data["methods"]) == {"per-step-em", "per-step-em-eta1", "reverse-diffusion", "paste"}
     assert data["real"]["object_at_box"] == 1.0
 
 
