@@ -416,6 +416,12 @@ def _headline(q: dict[str, Any]) -> str:
         return f"W2 {q['w2']:.4f} (floor {q['w2_floor']:.4f})"
     if "sliced_w2" in q:
         return f"sliced W2 {q['sliced_w2']:.3f} (floor {q['sliced_w2_floor']:.3f}), std {q['pixel_std']:.3f}"
+    if "pixel_rmse_to_empty" in q:
+        rmse, objects = q["pixel_rmse_to_empty"], q["mean_objects_detected"]
+        return f"own samples: RMSE to black {rmse:.3f}, {objects:.2f} objects"
+    if "one_object" in q.get("generated", {}):  # the part model (no location condition)
+        g = q["generated"]
+        return f"one object {g['one_object']:.2f}, of the requested colour {g['color_accuracy']:.2f}"
     parts = []
     for key in ("generated", "generated_k3", "generated_k5"):
         if key in q:

@@ -37,7 +37,7 @@ def test_zoo_entry_loads_and_records_its_run(name):
         assert q["sliced_w2"] < 1.5 * q["sliced_w2_floor"], q
         assert abs(q["pixel_std"] / q["pixel_std_data"] - 1) < 0.1, q
     elif cfg["data"] == "blob-part":  # one blob of the requested colour per crop
-        assert q["generated"]["count_accuracy"] > 0.9 and q["generated"]["color_accuracy"] > 0.9, q
+        assert q["generated"]["one_object"] > 0.9 and q["generated"]["color_accuracy"] > 0.9, q
     elif (
         cfg["data"] == "blob-empty" and cfg["parameterisation"] == "eps-precond"
     ):  # blob-empty-precond: samples are the black scene
