@@ -135,6 +135,24 @@ def measure(x: torch.Tensor, real: torch.Tensor, stride: int) -> dict[str, float
     }
 
 
+def figure(drawn: dict[str, torch.Tensor], real: torch.Tensor, stride: int, variant: str) -> Any:
+    """Three panoramas per method, window edges dashed."""
+    from probcomp.plots import _plt
+
+    plt = _plt()
+    names = ["real", "per-step-em", "ddpm-sum", "stitched"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.4), sharey=True)
+    edges = sorted(({*_starts(stride)} | {s + WIDTH for s in _starts(stride)}) - {0, LENGTH})
+    for ax, name in zip(axes, names, strict=True):
+        for row in real if name == "real" else drawn[name]:
+            ax.plot(row.numpy(), lw=1)
+        for b in edges:
+            ax.axvline(b - 0.5, color="grey", ls="--", lw=0.7)
+        ax.set_title(name if name == "real" else f"{name} ({variant})", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="analytic only, 64 panoramas, 20 levels, stride 16")
@@ -145,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--figure", type=Path, help="PNG: three panoramas per method (last variant, first stride)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     n, steps = (64, 20) if args.quick else (args.samples, args.steps)
@@ -171,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "variants": {},
     }
     start = time.perf_counter()
+    drawn: dict[str, torch.Tensor] = {}
     for vname, make_patch in variants.items():
         patch = make_patch()
         for stride in strides:
@@ -180,10 +200,14 @@ def main(argv: list[str] | None = None) -> dict:
                 row = {key: round(v, 4) for key, v in measure(x.detach(), real, stride).items()}
                 row.update(nfe=st["nfe_total"], wall_s=round(st["wall_time"], 3))
                 rows[mname] = row
+                if stride == strides[0]:
+                    drawn[mname] = x[:3].detach()
                 if not args.json:
                     print(f"{vname} stride {stride} {mname}: {row}", file=sys.stderr, flush=True)
             out["variants"][f"{vname}/stride{stride}"] = rows
     out["config"]["total_wall_s"] = round(time.perf_counter() - start, 1)
+    if args.figure:
+        figure(drawn, real[:3], strides[0], list(variants)[-1]).savefig(args.figure, dpi=120)
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
