@@ -226,9 +226,10 @@ class UNet(nn.Module):
     condition is absent).  ``point_sets`` names set-valued conditions ``(N, S, 2)``
     that enter through such a channel alone, the sum of one bump per present point
     (the non-compositional "generative classifier" of the dissertation's Table 5.1
-    is conditioned on all object positions this way).  A global vector alone was ignored in training: the eps
-    loss gains almost nothing from a blob's position, which touches a few dozen of
-    3072 pixels, while a map hands the position to the convolutions directly.
+    is conditioned on all object positions this way).  A global vector alone was
+    ignored in training: the eps loss gains almost nothing from a blob's position,
+    which touches a few dozen of 3072 pixels, while a map hands the position to the
+    convolutions directly.
     """
 
     def __init__(
