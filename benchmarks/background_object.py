@@ -47,8 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _output import emit  # benchmarks/ is on sys.path when a script runs
-from whole_part import denoising_loss
+from whole_part import cli, denoising_loss
 
 import probcomp as pc
 from probcomp import datasets, ops
@@ -181,26 +180,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=128)
-    ap.add_argument("--levels", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--figure", help="PNG: the first 8 images of every method, one row each")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    if args.quick:
-        args.images, args.levels = 4, 5
-    emit(run(args), args.out)
-    if args.figure:
-        from probcomp.plots import image_grid
-
-        rows = [v[:8] for v in FIGURE.values()]
-        titles = [f"{name} {j}" if j == 0 else "" for name in FIGURE for j in range(8)]
-        image_grid(torch.cat(rows).cpu(), ncol=8, titles=titles).savefig(args.figure, dpi=120)
+    cli(__doc__, run, FIGURE)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ import argparse
 import sys
 from typing import Any
 
-import pyro.distributions as dist
 import torch
 from _output import emit  # benchmarks/ is on sys.path when a script runs
 from _timing import timed
+from object_discovery import concept_scene
 
 import probcomp as pc
 from probcomp import datasets
@@ -52,16 +52,6 @@ def _sampling_scene(model: Any, lab: dict[str, torch.Tensor], device: str) -> pc
     for j in range(K):
         f = model.condition(xy=lab["xy"][0, j].to(device), color=lab["color"][0, j].to(device))
         scene.observe(f"object{j}", x, factor=f)
-    return scene
-
-
-def _inversion_scene(model: Any, image: torch.Tensor) -> pc.Scene:
-    scene = pc.Scene()
-    box = dist.Uniform(torch.full((2,), 0.05), torch.full((2,), 0.95)).to_event(1)
-    for j in range(K):
-        xy = scene.control(f"xy{j}", (2,), prior=box)
-        color = scene.control(f"color{j}", (), prior=dist.Categorical(logits=torch.zeros(6)))
-        scene.observe(f"object{j}", value=image, factor=model, condition={"xy": xy, "color": color})
     return scene
 
 
@@ -90,7 +80,7 @@ def measure(device: str, particles: list[int], levels: int, repeats: int, invers
         restarts=4, steps=inversion_steps, init="greedy", grid=6, greedy_relax=True, lr=0.01,
         prune_every=10, t_range=(0.02, 0.5), draws=8, search_draws=2, device=device,
     )  # fmt: skip
-    iscene = _inversion_scene(model, image)
+    iscene = concept_scene(image, model, K)
     sec, res = timed(lambda: inv.run(iscene, seed=0), repeats)
     rows["concept-inversion"] = {
         "seconds": round(sec, 4),

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -133,8 +134,9 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def cli(doc: str, run: Callable[[argparse.Namespace], dict], figure: dict[str, torch.Tensor]) -> None:
+    """The command line shared by the image-generation benchmarks: run, print JSON, draw ``figure``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--levels", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
@@ -151,9 +153,13 @@ def main() -> None:
     if args.figure:
         from probcomp.plots import image_grid
 
-        rows = [v[:8] for v in FIGURE.values()]
-        titles = [f"{name} {j}" if j == 0 else "" for name in FIGURE for j in range(8)]
+        rows = [v[:8] for v in figure.values()]
+        titles = [name if j == 0 else "" for name in figure for j in range(8)]
         image_grid(torch.cat(rows).cpu(), ncol=8, titles=titles).savefig(args.figure, dpi=120)
+
+
+def main() -> None:
+    cli(__doc__, run, FIGURE)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ _OBJECT_UNET: dict[str, Any] = dict(
     device="cuda",
 )
 
+# the empty scene, one image: a short run suffices
+_EMPTY_UNET: dict[str, Any] = dict(
+    steps=2000, batch=128, lr=5e-4, ema=0.999, network="unet", coords=True, device="cuda"
+)
+
 RECIPES: dict[str, Recipe] = {
     "ring8": Recipe("ring8", notes="8 Gaussians, radius 0.5, std 0.03"),
     "ring8-energy": Recipe("ring8", "energy-norm", notes="ring8 with E = ||f||^2 / (2 sigma)"),
@@ -158,31 +163,19 @@ RECIPES: dict[str, Recipe] = {
     "blob-empty": Recipe(
         "blob-empty",
         "eps",
-        steps=2000,
-        batch=128,
-        lr=5e-4,
-        ema=0.999,
-        network="unet",
-        coords=True,
-        device="cuda",
         notes="the empty scene (black 32x32 images), a plain eps U-Net like the object models: the "
         "learned empty background of the projective seed. Sampled alone it fails (x0 = (y - sigma eps) "
         "/ alpha multiplies its eps error by sigma / alpha, ~150 at t = 1), but composed with blob-xy its "
         "errors saturate like theirs (benchmarks/length_generalisation.py)",
+        **_EMPTY_UNET,
     ),
     "blob-empty-precond": Recipe(
         "blob-empty",
         "eps-precond",
         sigma_data=1.0,
-        steps=2000,
-        batch=128,
-        lr=5e-4,
-        ema=0.999,
-        network="unet",
-        coords=True,
-        device="cuda",
         notes="blob-empty with EDM preconditioning: its own samples are black (the eps model's are not), "
         "but its eps extrapolates linearly, like the exact Gaussian, and diverges under weight 1 - K",
+        **_EMPTY_UNET,
     ),
     "blob-part": Recipe(
         "blob-part",
