@@ -16,10 +16,11 @@ quadrants' centres; a composite's mask is one per scene, so each place is one ru
 Methods (same number of levels):
 
 * ``per-step-em`` -- :class:`~probcomp.inference.PerStepEM` on the three observables
-  (Eq. 29 fuses the three DDIM proposals; the composite ties ``x1`` and ``x2``), and
-  ``per-step-em-eta1`` with stochastic DDIM steps (``eta = 1``, Eq. 14);
+  (Eq. 29 fuses the three DDIM proposals; the composite ties ``x1`` and ``x2``);
+  ``-clip`` with every denoised estimate clamped to the data's range [-1, 1] (``clip_x0``;
+  see ``whole_part.py``), ``-eta1-clip`` also with stochastic DDIM steps (Eq. 14);
 * ``reverse-diffusion`` -- :class:`~probcomp.inference.ReverseDiffusion` on the same scene;
-* ``paste`` -- ``x1`` and ``x2`` drawn independently (DDPM on ``y1`` and ``y2`` alone) and
+* ``paste`` -- ``x1`` and ``x2`` drawn independently (clamped DDPM on ``y1`` and ``y2`` alone) and
   composited afterwards: what an editor without the joint model does.
 
 Metrics on the composite, from the programmatic detector (:mod:`probcomp.detection`):
@@ -152,11 +153,14 @@ def run(args: argparse.Namespace) -> dict:
         ),
         "methods": {},
     }
+    clip = (-1.0, 1.0)
     runs = {
         "per-step-em": (lambda: PerStepEM(args.levels, 1, device=dev), True),
-        "per-step-em-eta1": (lambda: PerStepEM(args.levels, 1, eta=1.0, device=dev), True),
+        "per-step-em-clip": (lambda: PerStepEM(args.levels, 1, clip_x0=clip, device=dev), True),
+        "per-step-em-eta1-clip": (lambda: PerStepEM(args.levels, 1, eta=1.0, clip_x0=clip, device=dev), True),
         "reverse-diffusion": (lambda: ReverseDiffusion(args.levels, device=dev), True),
-        "paste": (lambda: ReverseDiffusion(args.levels, device=dev), False),
+        "reverse-diffusion-clip": (lambda: ReverseDiffusion(args.levels, clip_x0=clip, device=dev), True),
+        "paste": (lambda: ReverseDiffusion(args.levels, clip_x0=clip, device=dev), False),
     }
     for name, (make, joint) in runs.items():
         t0, comps, x1s, nfe = time.perf_counter(), [], [], 0

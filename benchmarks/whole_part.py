@@ -13,12 +13,14 @@ The requested colour is drawn per image.  Methods, all with the same number of l
 
 * ``per-step-em`` -- :class:`~probcomp.inference.PerStepEM` (deterministic DDIM per
   observable, Eq. 15, fused by the least squares of Eq. 29);
-* ``per-step-em-eta1`` -- the same with stochastic DDIM steps (``eta = 1``, Eq. 14): the
-  zoo's image models predict plain eps, whose deterministic DDIM integrates their
-  high-noise error with weight ``d(sigma / alpha)``;
+* ``-clip`` -- with every denoised estimate clamped to the data's range [-1, 1]
+  (``clip_x0``): the zoo's image models predict plain eps, whose error at high noise
+  reaches ``x0_hat`` multiplied by ``sigma / alpha`` and is integrated by deterministic DDIM;
+* ``per-step-em-eta1-clip`` -- stochastic DDIM steps (``eta = 1``, Eq. 14), clamped;
 * ``reverse-diffusion`` -- :class:`~probcomp.inference.ReverseDiffusion` (DDPM) on the
   same scene, the crop's score added to the whole's on its pixels;
-* ``*-control`` -- the same engine without the part observable (the seed's control group).
+* ``*-control`` -- the same engine without the part observable (the seed's control group),
+  for ``per-step-em-clip`` and ``reverse-diffusion``.
 
 Metrics, from the programmatic detector (:mod:`probcomp.detection`):
 
@@ -103,10 +105,16 @@ def run(args: argparse.Namespace) -> dict:
     color = torch.randint(6, (args.images,), generator=g)
     real, _ = datasets.blobs(args.images, g, num_objects=(1, 5), min_separation=7.0)
     real_loss = denoising_loss(whole, real.to(dev), args.seed + 1)
-    engines = {
-        "per-step-em": lambda: PerStepEM(args.levels, 1, device=dev),
-        "per-step-em-eta1": lambda: PerStepEM(args.levels, 1, eta=1.0, device=dev),
-        "reverse-diffusion": lambda: ReverseDiffusion(args.levels, device=dev),
+    clip = (-1.0, 1.0)
+    engines = {  # name: (engine factory, also run the control group)
+        "per-step-em": (lambda: PerStepEM(args.levels, 1, device=dev), False),
+        "per-step-em-clip": (lambda: PerStepEM(args.levels, 1, clip_x0=clip, device=dev), True),
+        "per-step-em-eta1-clip": (
+            lambda: PerStepEM(args.levels, 1, eta=1.0, clip_x0=clip, device=dev),
+            False,
+        ),
+        "reverse-diffusion": (lambda: ReverseDiffusion(args.levels, device=dev), True),
+        "reverse-diffusion-clip": (lambda: ReverseDiffusion(args.levels, clip_x0=clip, device=dev), False),
     }
     out: dict[str, Any] = {
         "config": {
@@ -120,8 +128,8 @@ def run(args: argparse.Namespace) -> dict:
         "real": scores(real.to(dev), color, whole, real_loss, args.seed + 2),
         "methods": {},
     }
-    for name, make in engines.items():
-        for control in (False, True):
+    for name, (make, with_control) in engines.items():
+        for control in (False, True) if with_control else (False,):
             scene = build(whole, None if control else part, None if control else color.to(dev))
             t0 = time.perf_counter()
             res = make().run(scene, args.images, seed=args.seed)

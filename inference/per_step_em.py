@@ -58,7 +58,7 @@ from probcomp.factors import ExplicitFactor
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import ReverseStep, prepare
+from .steps import ReverseStep, check_clip, prepare
 
 __all__ = ["PerStepEM"]
 
@@ -96,6 +96,8 @@ class PerStepEM:
         lambda_lr: learning rate of ``lambda`` (default: ``lr``).
         eta: DDIM stochasticity of the observables' steps (0: the paper's deterministic
             step, Eq. 15; 1: DDPM's ancestral noise).
+        clip_x0: ``(lo, hi)``: each observable's denoised estimate is clamped to its data's
+            range before its DDIM step (every observable's data lie in that range).
         schedule, t_max, t_min, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
         callback: called after every level with ``{i, t, x, objective, lambdas}``.
@@ -118,6 +120,7 @@ class PerStepEM:
         schedule: sched.Schedule | None = None,
         t_max: float = 1.0,
         t_min: float = sched.DEFAULT_T_MIN,
+        clip_x0: tuple[float, float] | None = None,
         group: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -143,6 +146,7 @@ class PerStepEM:
         self.lambda_lr = float(lambda_lr) if lambda_lr is not None else self.lr
         self.eta = float(eta)
         self.schedule = schedule if schedule is not None else sched.linear()
+        self.clip_x0 = check_clip(clip_x0)
         self.group, self.dtype, self.device = group, dtype, torch.device(device)
         self.progress, self.callback = progress, callback
 
@@ -194,7 +198,7 @@ class PerStepEM:
         for i in bar:
             t, s = float(self.ts[i]), float(self.ts[i + 1])
             nfe0 = compiled.nfe_total
-            step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta)
+            step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta, self.clip_x0)
             with torch.no_grad():
                 targets = self._ddim_targets(compiled, observables, x, t, step, gen)
             x_new, lam, obj_before, obj_after, used = self._solve(

@@ -27,7 +27,7 @@ from probcomp.errors import ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import ReverseStep, prepare
+from .steps import ReverseStep, check_clip, prepare
 
 __all__ = ["ReverseDiffusion"]
 
@@ -42,6 +42,9 @@ class ReverseDiffusion:
         schedule: the engine's noise schedule (factors are matched to it by log-SNR).
         t_max, t_min: the noisy levels are uniform from ``t_max`` to ``t_min``, then a last
             step to 0 (:func:`probcomp.schedules.time_grid`; ``t_min = 0``: uniform to 0).
+        clip_x0: ``(lo, hi)``, the range of the data: each step's denoised estimate is clamped
+            to it and the step's eps recomputed from it (:class:`~probcomp.inference.steps.ReverseStep`);
+            for image models that predict plain eps (every control lies in that range).
         group: evaluate observables that share a factor in one batched call.
         dtype, device: of the particles.
         progress: show a tqdm bar over levels.
@@ -59,6 +62,7 @@ class ReverseDiffusion:
         schedule: sched.Schedule | None = None,
         t_max: float = 1.0,
         t_min: float = sched.DEFAULT_T_MIN,
+        clip_x0: tuple[float, float] | None = None,
         group: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -76,6 +80,7 @@ class ReverseDiffusion:
         self.ts = sched.time_grid(steps, t_max=t_max, t_min=t_min)
         self.steps, self.sampler, self.eta = steps, sampler, float(eta)
         self.schedule = schedule if schedule is not None else sched.linear()
+        self.clip_x0 = check_clip(clip_x0)
         self.group, self.dtype, self.device = group, dtype, torch.device(device)
         self.progress, self.callback = progress, callback
 
@@ -108,7 +113,7 @@ class ReverseDiffusion:
             for i in levels:
                 t = float(self.ts[i])
                 g = compiled.target(x, t, check=False).grad
-                step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta)
+                step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta, self.clip_x0)
                 x0 = {k: step.x0(xk, g[k]) for k, xk in x.items()}
                 new = {k: step(xk, g[k], gen) for k, xk in x.items()}
                 sq = sum(gk.reshape(num_samples, -1).square().sum(1) for gk in g.values())

@@ -39,13 +39,21 @@ def prepare(engine: Any, scene: Any, num_samples: Any) -> CompiledScene:
 
 @dataclass(frozen=True)
 class ReverseStep:
-    """Coefficients of one DDIM/DDPM step from ``t`` to ``s``: ``x_s = mean_x x + mean_g g + noise z``."""
+    """Coefficients of one DDIM/DDPM step from ``t`` to ``s``: ``x_s = mean_x x + mean_g g + noise z``.
+
+    With ``clip = (lo, hi)`` the denoised estimate is clamped to the data's range
+    before the step, and the step's eps is the one that estimate implies,
+    ``(x - alpha_t clamp(x0_hat)) / sigma_t`` (the ``clip_denoised`` of Ho et al.'s
+    DDPM sampler): a plain eps network's error at high noise reaches ``x0_hat``
+    multiplied by ``sigma_t / alpha_t``, and deterministic DDIM integrates it.
+    """
 
     a_t: float
     s_t: float
     a_s: float
     s_s: float
     eta: float
+    clip: tuple[float, float] | None = None
 
     @property
     def noise(self) -> float:
@@ -55,13 +63,17 @@ class ReverseStep:
         return self.eta * (self.s_s**2 / self.s_t**2 * (1.0 - (self.a_t / self.a_s) ** 2)) ** 0.5
 
     def x0(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Tweedie's denoised estimate ``(x + sigma_t^2 g) / alpha_t``."""
-        return (x + self.s_t**2 * g) / self.a_t
+        """Tweedie's denoised estimate ``(x + sigma_t^2 g) / alpha_t`` (clamped with ``clip``)."""
+        x0 = (x + self.s_t**2 * g) / self.a_t
+        return x0 if self.clip is None else x0.clamp(*self.clip)
 
     def mean(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """The deterministic part ``alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat``."""
         keep = max(self.s_s**2 - self.noise**2, 0.0) ** 0.5
-        return self.a_s * self.x0(x, g) - keep * self.s_t * g
+        x0 = self.x0(x, g)
+        if self.clip is None:
+            return self.a_s * x0 - keep * self.s_t * g
+        return self.a_s * x0 + keep * (x - self.a_t * x0) / self.s_t
 
     def __call__(self, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         out = self.mean(x, g)
@@ -69,6 +81,19 @@ class ReverseStep:
         if c > 0:
             out = out + c * torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
         return out
+
+
+def check_clip(clip: Any) -> tuple[float, float] | None:
+    """``None`` or a validated ``(lo, hi)`` with ``lo < hi``."""
+    if clip is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        raise ScheduleError(f"clip_x0 must be None or a pair (lo, hi), got {clip!r}") from None
+    if not lo < hi:
+        raise ScheduleError(f"clip_x0 must have lo < hi, got {clip!r}")
+    return lo, hi
 
 
 class Packer:

@@ -177,3 +177,17 @@ def test_gp_panorama_has_continuous_seams_unlike_stitched_windows():
     assert max(jump(pano, b) for b in edges) < 1.5 * typical
     assert jump(stitched, 32) > 2.5 * typical
     assert abs(float(pano.std()) - float(real.std())) < 0.1
+
+
+def test_clip_x0_is_inert_when_wide_and_holds_the_range():
+    scene = pc.Scene()
+    x = scene.control("x", (4,))
+    scene.observe("a", x, factor=Gaussian(torch.full((4,), 0.3), 0.5))
+    scene.observe("b", x, factor=Gaussian(torch.full((4,), -0.2), 0.5), fn=ops.identity)
+    plain = PerStepEM(40, 1).run(scene, 200, seed=1)["x"]
+    wide = PerStepEM(40, 1, clip_x0=(-1e6, 1e6)).run(scene, 200, seed=1)["x"]
+    assert torch.allclose(plain, wide, atol=1e-4)
+    narrow = PerStepEM(40, 1, clip_x0=(-0.05, 0.05)).run(scene, 200, seed=1)["x"]
+    assert narrow.abs().max() <= 0.05 + 1e-5
+    with pytest.raises(pc.ScheduleError, match="clip_x0"):
+        PerStepEM(10, 1, clip_x0=(0.2, 0.1))

@@ -235,3 +235,19 @@ def test_priors_are_sampled_exactly_along_the_noise_path():
     xs = ReverseDiffusion(steps=200).run(sc, 20_000, seed=0)["z"]
     torch.testing.assert_close(xs.mean(0), torch.tensor([1.0, -1.0, 0.0]), atol=0.02, rtol=0)
     torch.testing.assert_close(xs.std(0), torch.full((3,), 0.5), atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_clip_x0_keeps_samples_in_range_and_is_inert_when_wide(sampler):
+    """``clip_x0`` clamps every denoised estimate: a range the data never leaves changes
+    nothing; a narrow one holds the final samples inside it (the last step returns x0_hat)."""
+    scene = pc.Scene()
+    scene.observe("g", scene.control("x", (3,)), factor=Gaussian(torch.zeros(3), 1.0))
+    plain = ReverseDiffusion(50, sampler).run(scene, 500, seed=3)["x"]
+    wide = ReverseDiffusion(50, sampler, clip_x0=(-1e6, 1e6)).run(scene, 500, seed=3)["x"]
+    assert torch.allclose(plain, wide, atol=1e-5)
+    narrow = ReverseDiffusion(50, sampler, clip_x0=(-0.5, 0.5)).run(scene, 500, seed=3)["x"]
+    assert narrow.abs().max() <= 0.5 + 1e-6 and narrow.std() > 0.2  # in range, not collapsed
+    for bad in [(1.0, -1.0), (0.0, 0.0), 3.0]:
+        with pytest.raises(pc.ScheduleError, match="clip_x0"):
+            ReverseDiffusion(10, clip_x0=bad)
