@@ -23,7 +23,8 @@ places -- the model never saw two objects together.  Backgrounds:
   scenes hold the requested objects plus random ones, so count accuracy does not apply;
   the hit rate does.
 
-Engines: ``ddpm`` (:class:`~probcomp.inference.ReverseDiffusion`, 100 steps) and
+Engines: ``ddpm`` (:class:`~probcomp.inference.ReverseDiffusion`, 100 steps), ``ddpm-clip``
+(the same with every denoised estimate clamped to the data's range [-1, 1], ``clip_x0``) and
 ``annealed-ula`` (:class:`~probcomp.inference.AnnealedMCMC`, ULA, 100 levels x 1 transition
 plus the reverse step).  Metrics from the programmatic detector
 (:mod:`probcomp.detection`) against the requested objects: exact-count accuracy, hit rate
@@ -99,8 +100,9 @@ def generate(
         "image", scene.control("x", (3, 32, 32)), factor=compose.projective(*objects, background=bg)
     )
     n = xy.shape[0]
-    if engine == "ddpm":
-        res = ReverseDiffusion(steps=levels, device=device).run(scene, n, seed=seed)
+    if engine in ("ddpm", "ddpm-clip"):
+        clip = (-1.0, 1.0) if engine == "ddpm-clip" else None
+        res = ReverseDiffusion(steps=levels, clip_x0=clip, device=device).run(scene, n, seed=seed)
     else:
         res = AnnealedMCMC("ula", steps_per_level=1, levels=levels, device=device).run(scene, n, seed=seed)
     return res["x"].cpu(), res.stats
@@ -162,7 +164,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--levels", type=int, default=100)
     ap.add_argument(
-        "--engines", nargs="+", default=["ddpm", "annealed-ula"], choices=["ddpm", "annealed-ula"]
+        "--engines",
+        nargs="+",
+        default=["ddpm", "annealed-ula"],
+        choices=["ddpm", "ddpm-clip", "annealed-ula"],
     )
     ap.add_argument("--backgrounds", nargs="+", default=list(BACKGROUNDS), choices=BACKGROUNDS)
     ap.add_argument("--device", default="cpu")
