@@ -18,7 +18,8 @@ Methods, all told the true count ``K`` (as in Table 5.1):
   matching pursuit with one backfitting sweep on a 6 x 6 grid of positions (colours
   relaxed to uniform class probabilities during the scan, then enumerated; 2 shared
   draws), three more random ones, 30 Adam steps with pruning of half the restarts every
-  10, colours by coordinate search, ``t`` in (0.02, 0.5);
+  10, colours by coordinate search, ``t`` in (0.02, 0.5) (the defaults: ``--steps``,
+  ``--restarts``, ``--grid``, ``--draws`` change them);
 * ``ours-single-start`` -- the seed's Alg. 5 without multiple initialisation: one random
   start, the same 30 steps (the "w/o multi-init" row);
 * ``generative-classifier`` -- the non-compositional baseline of Table 5.1: the zoo's
