@@ -127,9 +127,8 @@ def run(args: argparse.Namespace) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     real, lab = datasets.blobs(args.images, g, num_objects=(1, 5), min_separation=7.0)
     real_b, real_c = lab["xy"][:, 0], lab["color"][:, 0]  # real scenes holding an object at b
-    ref = denoising_loss(
-        clutter.condition(xy=real_b.to(dev), color=real_c.to(dev)), real.to(dev), args.seed + 1
-    )
+    real_judge = clutter.condition(xy=real_b.to(dev), color=real_c.to(dev))
+    ref = denoising_loss(real_judge, real.to(dev), args.seed + 1)
     per = args.images // len(CENTRES)
     color = torch.randint(6, (per * len(CENTRES),), generator=g)
     out: dict[str, Any] = {
@@ -142,15 +141,7 @@ def run(args: argparse.Namespace) -> dict:
             "device": dev,
             "command": " ".join(sys.argv),
         },
-        "real": scores(
-            real.to(dev),
-            None,
-            real_b,
-            real_c,
-            clutter.condition(xy=real_b.to(dev), color=real_c.to(dev)),
-            ref,
-            args.seed + 2,
-        ),
+        "real": scores(real.to(dev), None, real_b, real_c, real_judge, ref, args.seed + 2),
         "methods": {},
     }
     clip = (-1.0, 1.0)
