@@ -60,8 +60,10 @@ STD = 0.2
 TARGET = torch.tensor([1.0, 1.0])
 
 
-def train_model(lam: float, steps: int, cache: Path, seed: int) -> Any:
+def train_model(lam: float, steps: int, cache: Path, seed: int, sigma_data: float = 0.5) -> Any:
     name = f"coind-lam{lam:g}-steps{steps}-seed{seed}"
+    if sigma_data != 0.5:  # the zoo default; earlier caches carry no suffix
+        name += f"-sd{sigma_data:g}"
     path = cache / f"{name}.json"
     if not path.exists():
         recipe = zoo.Recipe(
@@ -72,6 +74,7 @@ def train_model(lam: float, steps: int, cache: Path, seed: int) -> Any:
             p_drop=0.3,
             steps=steps,
             seed=seed,
+            sigma_data=sigma_data,
         )
         zoo.train_recipe(recipe, name, cache, quality=False, progress=False)
     return pc.models.load(str(path))

@@ -7,7 +7,8 @@ import probcomp as pc
 from probcomp import compose
 from probcomp.errors import DataError, FactorError
 from probcomp.factors import GaussianMixture
-from probcomp.models import ResMLP, train
+from probcomp.inference import ReverseDiffusion
+from probcomp.models import NetworkFactor, ResMLP, train
 from probcomp.models.training import _coind_ci
 
 SCHED = pc.schedules.linear()
@@ -21,6 +22,8 @@ class AnalyticAttributeModel(torch.nn.Module):
     conditional of the mixture (a sub-mixture renormalised).
     """
 
+    config = {"attributes": {"c1": 2, "c2": 2}}
+
     def __init__(self, w: torch.Tensor) -> None:
         super().__init__()
         self.w = w / w.sum()
@@ -28,7 +31,9 @@ class AnalyticAttributeModel(torch.nn.Module):
     def forward(self, y: torch.Tensor, mt: torch.Tensor, cond: dict) -> torch.Tensor:
         t = SCHED.t_of_model_time(mt.double())
         out = torch.empty_like(y)
-        labels = torch.stack([cond["c1"], cond["c2"]], 1)
+        labels = torch.stack(
+            [torch.as_tensor(cond.get(k, 2)).expand(y.shape[0]) for k in ("c1", "c2")], 1
+        )
         for key in {tuple(v.tolist()) for v in labels}:
             rows = (labels == torch.tensor(key)).all(1)
             keep = self.w > 0
@@ -90,3 +95,32 @@ def test_coind_objective_trains_and_refuses_single_attribute_networks():
     assert torch.isfinite(torch.tensor(res.losses)).all() and res.steps == 30
     with pytest.raises(DataError, match="two or more attributes"):
         train(ResMLP(2, 8, 1, attributes={"c1": 2}), draw, steps=1, objective="coind", lam=1.0)
+
+
+def test_joint_composition_is_exact_at_the_held_out_corner():
+    """App. E.1: ``s(+1,-1) + s(-1,+1) - s(-1,-1)`` is the exact score of the unseen (+1, +1) cluster."""
+    model = NetworkFactor(AnalyticAttributeModel(torch.tensor([1.0, 1.0, 1.0, 0.0])), (2,), SCHED, name="toy")
+    joints = compose.attributes(model, {"c1": 1, "c2": 1}, reference={"c1": 0, "c2": 0})
+    marginals = compose.attributes(model, {"c1": 1, "c2": 1})
+    assert [w for _, w in joints.leaves()] == [1.0, 1.0, -1.0]
+    truth = GaussianMixture(torch.tensor([[1.0, 1.0]]), torch.tensor([0.2]), torch.tensor([1.0]))
+    y = 1.5 * torch.randn(64, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for t in (0.02, 0.3, 0.9):
+        want = truth.score(y, t)
+        assert torch.allclose(joints.score(y, t), want, rtol=1e-6, atol=1e-6)
+        if t < 0.5:  # Eq. 1 on the data marginals is wrong wherever the clusters are resolved
+            assert (marginals.score(y, t) - want).norm() > 0.1 * want.norm()
+    scene = pc.Scene()
+    scene.observe("y", scene.control("x", (2,)), factor=joints)
+    x = ReverseDiffusion(steps=200).run(scene, 1000, seed=0)["x"]
+    assert float(((x - 1.0).norm(dim=1) < 0.6).double().mean()) > 0.97
+    assert torch.allclose(x.mean(0), torch.ones(2), atol=0.03)
+    assert torch.allclose(x.std(0), torch.full((2,), 0.2), rtol=0.1)
+
+
+def test_joint_composition_errors_name_the_attribute():
+    model = pc.models.load("coind-vanilla")
+    with pytest.raises(FactorError, match=r"no value for attribute\(s\) \['c2'\]"):
+        compose.attributes(model, {"c1": 1, "c2": 1}, reference={"c1": 0})
+    with pytest.raises(FactorError, match=r"no attribute\(s\) \['shape'\] \(in reference\)"):
+        compose.attributes(model, {"c1": 1}, reference={"c1": 0, "shape": 1})
