@@ -22,18 +22,15 @@ class AnalyticAttributeModel(torch.nn.Module):
     conditional of the mixture (a sub-mixture renormalised).
     """
 
-    config = {"attributes": {"c1": 2, "c2": 2}}
-
     def __init__(self, w: torch.Tensor) -> None:
         super().__init__()
+        self.config = {"attributes": {"c1": 2, "c2": 2}}
         self.w = w / w.sum()
 
     def forward(self, y: torch.Tensor, mt: torch.Tensor, cond: dict) -> torch.Tensor:
         t = SCHED.t_of_model_time(mt.double())
         out = torch.empty_like(y)
-        labels = torch.stack(
-            [torch.as_tensor(cond.get(k, 2)).expand(y.shape[0]) for k in ("c1", "c2")], 1
-        )
+        labels = torch.stack([torch.as_tensor(cond.get(k, 2)).expand(y.shape[0]) for k in ("c1", "c2")], 1)
         for key in {tuple(v.tolist()) for v in labels}:
             rows = (labels == torch.tensor(key)).all(1)
             keep = self.w > 0
