@@ -14,6 +14,8 @@ Each data name maps to a seeded sampler ``draw(n, generator) -> (x, cond)``:
   (NaN rows for absent objects): data for the non-compositional generative classifier.
 * ``blob-empty`` -- the empty scene, black 32x32 images: the learned empty background.
 * ``blob-part`` -- 16x16 crops holding one blob, condition ``color``: the part model.
+* ``shapes`` -- one coloured shape per 32x32 image, conditions ``shape`` and ``color``
+  (3 each), square and triangle in blue never shown: COIND's shape x colour task.
 * ``texture-patch`` -- 16x16 windows cut at random from 64x64 smooth periodic
   textures (one channel, unit variance): the patch model of panoramas.
 * ``signal-window`` -- 32-sample windows of smooth periodic 1-D signals.
@@ -73,6 +75,10 @@ def _blob_part(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torc
     return x, {"color": lab["color"][:, 0]}
 
 
+def _shapes(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return datasets.shapes(n, g)  # square and triangle in blue held out
+
+
 def _windows(field: torch.Tensor, width: int, g: torch.Generator) -> torch.Tensor:
     """One random ``width``-wide window per row of ``field`` ``(n, [1, S,] S)``, periodic."""
     n, size = field.shape[0], field.shape[-1]
@@ -100,6 +106,7 @@ IMAGE_DATA: dict[str, tuple[Draw, tuple[int, ...]]] = {
     "blobs-set": (_blobs_set, (3, 32, 32)),
     "blob-empty": (_blob_empty, (3, 32, 32)),
     "blob-part": (_blob_part, (3, 16, 16)),
+    "shapes": (_shapes, (3, 32, 32)),
     "texture-patch": (_texture_patch, (1, 16, 16)),
     "signal-window": (_signal_window, (32,)),
 }

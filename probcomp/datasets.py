@@ -15,6 +15,8 @@ Images and signals (channels-first, values in [-1, 1]):
 
 * :func:`blobs` -- 32x32 scenes of 1-8 coloured Gaussian blobs or squares on a plain
   background, with labels: normalised coordinates, colour indices, count, mask;
+* :func:`shapes` -- 32x32 images of one coloured shape (circle, square, triangle) labelled
+  with shape and colour, with chosen combinations left out (COIND's shape x colour task);
 * :func:`smooth_signals` -- smooth 1-D signals, and :func:`textures` -- smooth 2-D
   random fields, from which panorama-style windows are cut.
 
@@ -44,6 +46,7 @@ __all__ = [
     "rectangles",
     "right_bar",
     "ring",
+    "shapes",
     "smooth_signals",
     "textures",
 ]
@@ -228,6 +231,56 @@ def blobs(
         img = img * (1 - alpha) + alpha * pal[color[:, k]].reshape(n, 3, 1, 1)
     labels = {"xy": xy, "color": color, "mask": mask, "count": count}
     return img * 2 - 1, labels
+
+
+SHAPES = ("circle", "square", "triangle")
+"""The shape attribute of :func:`shapes`, by index."""
+
+
+def shapes(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    size: int = 32,
+    held_out: Sequence[tuple[int, int]] = ((1, 2), (2, 2)),
+    n_colors: int = 3,
+    radius: tuple[float, float] = (0.2, 0.3),
+    jitter: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One coloured shape per image; returns ``(images (n, 3, size, size), {"shape", "color"})``.
+
+    ``shape`` indexes :data:`SHAPES` and ``color`` the first ``n_colors`` entries of
+    :data:`PALETTE` (red, green, blue).  Combinations ``(shape, color)`` in ``held_out``
+    never occur (default: square and triangle in blue, so blue is seen only as a
+    circle); the others are equally likely.  The shape sits near the centre (offset up
+    to ``jitter`` of the side) with a size ``r`` drawn uniformly from ``radius`` (a
+    fraction of the side: the circle's radius, 0.8 r the square's half-side, 1.3 r the
+    triangle's circumradius, so the areas are alike), on black.  Pixel values are in [-1, 1].
+    """
+    if not 1 <= n_colors <= PALETTE.shape[0]:
+        raise DataError(f"n_colors must be in 1..{PALETTE.shape[0]}, got {n_colors}")
+    held = {(int(a), int(b)) for a, b in held_out}
+    bad = [h for h in held if not (0 <= h[0] < len(SHAPES) and 0 <= h[1] < n_colors)]
+    if bad:
+        raise DataError(f"held-out combination(s) {bad} are not (shape < {len(SHAPES)}, colour < {n_colors})")
+    combos = [(a, b) for a in range(len(SHAPES)) for b in range(n_colors) if (a, b) not in held]
+    if not combos:
+        raise DataError("shapes: every shape-colour combination is held out")
+    c = torch.tensor(combos)[torch.randint(len(combos), (n,), generator=generator)]
+    centre = 0.5 + jitter * (2 * torch.rand(n, 2, generator=generator) - 1)
+    r = radius[0] + (radius[1] - radius[0]) * torch.rand(n, generator=generator)
+    grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    dx = grid[None, None, :] - centre[:, 0, None, None]  # x along the width
+    dy = grid[None, :, None] - centre[:, 1, None, None]  # y down the height
+    r = r[:, None, None]
+    circle = dx**2 + dy**2 <= r**2
+    square = (dx.abs() <= 0.8 * r) & (dy.abs() <= 0.8 * r)
+    # upright equilateral triangle of circumradius R = 1.3 r: base at dy = R/2, apex at dy = -R
+    big = 1.3 * r
+    triangle = (dy <= big / 2) & (math.sqrt(3) * dx.abs() <= dy + big)
+    mask = torch.stack([circle, square, triangle], 1)[torch.arange(n), c[:, 0]].float()
+    img = mask[:, None] * PALETTE[c[:, 1]].reshape(n, 3, 1, 1)
+    return img * 2 - 1, {"shape": c[:, 0], "color": c[:, 1]}
 
 
 def _smooth_noise(
