@@ -52,6 +52,23 @@ def test_panorama_benchmark_quick():
     assert rows["stitched"]["max_seam_ratio"] > 2 * rows["per-step-em"]["max_seam_ratio"]
 
 
+def test_object_discovery_matching_keeps_correct_pairs():
+    """One unvisited blob and two slots on another must read as one miss, not three.
+
+    The positions (pixels) are an inversion of in-distribution image 3: summed squared
+    error as the assignment cost matched one object, summed distance three; four are found.
+    """
+    sys.path.insert(0, str(BENCH))
+    import numpy as np
+    from object_discovery import HIT_MSE, match
+
+    pred = np.array([[12.6, 27.1], [7.3, 2.8], [8.1, 18.8], [23.5, 12.1], [7.3, 6.8]]) / 32
+    true = np.array([[8.1, 18.8], [27.0, 24.5], [12.6, 27.1], [23.5, 12.1], [7.2, 5.3]]) / 32
+    err = match(pred, true)
+    assert int((err < HIT_MSE).sum()) == 4 and err[1] > 0.1
+    assert np.allclose(match(pred[:0], true), 1.0)  # nothing predicted: every object missed
+
+
 @pytest.mark.slow
 def test_object_discovery_benchmark_quick():
     data = _quick("object_discovery.py", "--quick", "--json")
