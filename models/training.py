@@ -35,6 +35,7 @@ import copy
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,13 @@ def train(
         )
     if objective == "coind" and not lam >= 0:
         raise DataError(f"lam must be non-negative, got {lam}")
+    if ema > 0 and ema**steps > 0.05 and steps >= 100:
+        warnings.warn(
+            f"after {steps} steps the weight EMA (decay {ema}) still holds {ema**steps:.0%} of the "
+            f"untrained initial weights; use ema <= {1 - 3 / steps:.4g} or train longer",
+            UserWarning,
+            stacklevel=2,
+        )
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ema_model = copy.deepcopy(model).eval() if ema > 0 else model

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -263,3 +264,14 @@ def test_point_set_condition_is_an_order_free_sum_of_bumps(tmp_path):
         net(y, t, {"xys": torch.rand(1, 3, 3)})
     with pytest.raises(pc.DataError, match="point sets"):
         UNet(3, 16, 8, (1, 2), continuous={"xys": 2}, point_sets={"xys": 0.1})
+
+
+def test_short_training_warns_when_the_ema_is_mostly_initial_weights():
+    def draw(n, g):
+        return torch.randn(n, 2, generator=g)
+
+    with pytest.warns(UserWarning, match="still holds 82% of the untrained initial weights"):
+        train(ResMLP(2, 8, 1), draw, steps=200, batch=8, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(ResMLP(2, 8, 1), draw, steps=200, batch=8, ema=0.9, progress=False)
