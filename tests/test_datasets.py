@@ -97,3 +97,28 @@ def test_smooth_signal_covariance_matches_the_data():
     exact = datasets.smooth_signal_covariance(32)
     assert float((emp - exact).abs().max()) < 0.04
     assert float(exact[0, 0]) == pytest.approx(1.09, abs=0.01) and float(exact[0, 31]) < 0.05
+
+
+def test_shapes_hold_out_their_block_and_draw_what_they_say(gen):
+    x, lab = datasets.shapes(600, gen)
+    assert x.shape == (600, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+    pairs = set(zip(lab["shape"].tolist(), lab["color"].tolist(), strict=True))
+    assert pairs == {(s, c) for s in range(3) for c in range(3)} - {(1, 2), (2, 2)}
+    on = (x > -1).any(1)  # the shape's pixels
+    colour = (x.permute(0, 2, 3, 1)[on] + 1) / 2
+    want = pc.datasets.PALETTE[lab["color"]].repeat_interleave(on.flatten(1).sum(1), 0)
+    assert torch.allclose(colour, want, atol=1e-6)
+    # fill of the bounding box: circle pi/4, square 1, triangle 1/2
+    fill = []
+    for img in on:
+        rows, cols = img.any(1).nonzero(), img.any(0).nonzero()
+        fill.append(img.sum() / ((rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)))
+    fill = torch.stack(fill)
+    for s, (lo, hi) in enumerate([(0.7, 0.86), (0.95, 1.0), (0.4, 0.62)]):
+        assert ((fill[lab["shape"] == s] > lo) & (fill[lab["shape"] == s] <= hi)).all(), s
+    _, lab_full = datasets.shapes(300, gen, held_out=())
+    assert len(set(zip(lab_full["shape"].tolist(), lab_full["color"].tolist(), strict=True))) == 9
+    with pytest.raises(DataError, match="every shape-colour combination"):
+        datasets.shapes(4, gen, held_out=[(s, c) for s in range(3) for c in range(3)])
+    with pytest.raises(DataError, match=r"\(3, 0\)"):
+        datasets.shapes(4, gen, held_out=[(3, 0)])
