@@ -7,8 +7,10 @@ two binary attributes, eps-preconditioned, 4000 steps of batch 512) trained with
 0.3`` (the seed's App. D); ``lam = 0`` is the plain conditional model with the same
 dropout.  The shipped ``coind-vanilla`` (dropout 0.1) is included as trained.
 
-For the unseen combination the scene composes the attribute scores (COIND Eq. 1,
-:func:`probcomp.compose.attributes`): ``s(c1=+1) + s(c2=+1) - s(null)``, sampled by
+For the unseen combination the scene composes attribute scores two ways
+(:func:`probcomp.compose.attributes`): ``marginals``, the seed's Eq. 1, ``s(c1=+1) +
+s(c2=+1) - s(null)``; and ``joints``, the seed's App. E.1, ``s(+1,-1) + s(-1,+1) -
+s(-1,-1)`` (every term a seen combination; exact for exact scores).  Each is sampled by
 
 * ``ddpm`` -- :class:`~probcomp.inference.ReverseDiffusion`, 200 steps;
 * ``annealed-uhmc`` / ``annealed-ula`` -- :class:`~probcomp.inference.AnnealedMCMC`, 100
@@ -19,6 +21,8 @@ Metrics:
 * ``in_3sigma`` -- the share of samples within 3 sigma = 0.6 (Euclidean) of (1, 1), where an
   exact sample lands 98.9% of the time; the sample mean and per-axis std, overall and of
   the samples inside (exact: (1, 1) and 0.2);
+* ``x0_hat`` -- the composed denoiser's mean estimate at points of the exact unseen
+  cluster, per noise level (exact: (1, 1)): where the learned scores go wrong;
 * ``conformity`` -- the share of samples that the Bayes classifier of the *full-support*
   data (all four combinations, equal weights; exact, so no classifier training) assigns to
   (+1, +1) (the seed's CS, Eq. 18, with an exact classifier);
