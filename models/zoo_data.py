@@ -15,7 +15,8 @@ Each data name maps to a seeded sampler ``draw(n, generator) -> (x, cond)``:
 * ``blob-empty`` -- the empty scene, black 32x32 images: the learned empty background.
 * ``blob-part`` -- 16x16 crops holding one blob, condition ``color``: the part model.
 * ``shapes`` -- one coloured shape per 32x32 image, conditions ``shape`` and ``color``
-  (3 each), square and triangle in blue never shown: COIND's shape x colour task.
+  (3 each), square and triangle in blue never shown: COIND's shape x colour task;
+  ``shapes-16`` the same drawn at 16x16 (CPU-sized).
 * ``texture-patch`` -- 16x16 windows cut at random from 64x64 smooth periodic
   textures (one channel, unit variance): the patch model of panoramas.
 * ``signal-window`` -- 32-sample windows of smooth periodic 1-D signals.
@@ -79,6 +80,10 @@ def _shapes(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.T
     return datasets.shapes(n, g)  # square and triangle in blue held out
 
 
+def _shapes_16(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return datasets.shapes(n, g, size=16)
+
+
 def _windows(field: torch.Tensor, width: int, g: torch.Generator) -> torch.Tensor:
     """One random ``width``-wide window per row of ``field`` ``(n, [1, S,] S)``, periodic."""
     n, size = field.shape[0], field.shape[-1]
@@ -107,6 +112,7 @@ IMAGE_DATA: dict[str, tuple[Draw, tuple[int, ...]]] = {
     "blob-empty": (_blob_empty, (3, 32, 32)),
     "blob-part": (_blob_part, (3, 16, 16)),
     "shapes": (_shapes, (3, 32, 32)),
+    "shapes-16": (_shapes_16, (3, 16, 16)),
     "texture-patch": (_texture_patch, (1, 16, 16)),
     "signal-window": (_signal_window, (32,)),
 }
