@@ -82,9 +82,20 @@ def test_coind_benchmark_quick():
     data = _quick("coind.py", "--quick", "--json")
     row = data["models"]["lam=10"]
     assert 0.0 <= row["jsd_bits"] <= 1.0 and set(row) >= {"marginals", "joints"}
-    assert set(row["joints"]) == {"ddpm", "annealed-ula"}
+    assert set(row["joints"]) == {"x0_hat", "ddpm", "annealed-ula"}
     assert 0.0 <= row["joints"]["ddpm"]["in_3sigma"] <= 1.0
     assert data["best"]["composition"] in ("marginals", "joints")
+
+
+@pytest.mark.slow
+def test_coind_shapes_benchmark_quick():
+    data = _quick("coind.py", "--task", "shapes", "--quick", "--json")
+    assert set(data["models"]) == {"vanilla", "coind lam=1"}
+    row = data["models"]["coind lam=1"]
+    assert 0.0 <= row["jsd_bits"] <= 1.0
+    for how in ("label", "marginals", "joints"):
+        assert set(row[f"held_out_{how}"]["per_combination"]) == {"(1, 2)", "(2, 2)"}
+    assert 0.0 <= data["classifier"]["shape_accuracy"] <= 1.0
 
 
 @pytest.mark.slow
