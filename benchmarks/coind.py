@@ -136,16 +136,9 @@ def jsd_bits(model: Any, n: int, seed: int) -> float:
         return (eps[None] - e).square().sum(-1).mean(1)  # (n,)
 
     joint = torch.stack([loss({"c1": a_, "c2": b_}) for a_ in (0, 1) for b_ in (0, 1)], 1)
-    p_joint = torch.softmax(-joint, 1)
-    p1 = torch.softmax(-torch.stack([loss({"c1": v}) for v in (0, 1)], 1), 1)
-    p2 = torch.softmax(-torch.stack([loss({"c2": v}) for v in (0, 1)], 1), 1)
-    p_prod = (p1[:, :, None] * p2[:, None, :]).reshape(n, 4)
-    m = 0.5 * (p_joint + p_prod)
-
-    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        return (p * (p.clamp_min(1e-30).log2() - q.clamp_min(1e-30).log2())).sum(1)
-
-    return round(float((0.5 * kl(p_joint, m) + 0.5 * kl(p_prod, m)).mean()), 5)
+    first = torch.stack([loss({"c1": v}) for v in (0, 1)], 1)
+    second = torch.stack([loss({"c2": v}) for v in (0, 1)], 1)
+    return coind_shapes.implicit_jsd_bits(joint, first, second)
 
 
 def x0_error(model: Any, composition: str, seed: int, n: int = 256) -> dict[str, list[float]]:

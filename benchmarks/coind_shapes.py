@@ -126,6 +126,24 @@ def train_classifier(steps: int, seed: int, size: int) -> tuple[Classifier, dict
     }
 
 
+def implicit_jsd_bits(joint: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> float:
+    """Mean JSD (bits) between the implicit joint posterior and the product of its marginals (Eq. 17).
+
+    ``joint`` ``(n, A * B)`` holds the denoising losses of every combination (first
+    attribute major), ``first`` ``(n, A)`` and ``second`` ``(n, B)`` those of each
+    attribute alone; each posterior is the softmax of minus the losses (Eqs. 14-15).
+    """
+    p_joint = torch.softmax(-joint, 1)
+    p1, p2 = torch.softmax(-first, 1), torch.softmax(-second, 1)
+    p_prod = (p1[:, :, None] * p2[:, None, :]).reshape(joint.shape)
+    m = 0.5 * (p_joint + p_prod)
+
+    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return (p * (p.clamp_min(1e-30).log2() - q.clamp_min(1e-30).log2())).sum(1)
+
+    return round(float((0.5 * kl(p_joint, m) + 0.5 * kl(p_prod, m)).mean()), 5)
+
+
 def jsd_bits(model: Any, n: int, seed: int, size: int, draws: int = 5) -> float:
     """Mean JSD (bits) between the implicit joint posterior and the product of its marginals."""
     g = torch.Generator().manual_seed(seed + 3)
@@ -145,16 +163,9 @@ def jsd_bits(model: Any, n: int, seed: int, size: int, draws: int = 5) -> float:
         return total
 
     joint = torch.stack([loss({"shape": a_, "color": b_}) for a_ in range(3) for b_ in range(3)], 1)
-    p_joint = torch.softmax(-joint, 1)
-    p1 = torch.softmax(-torch.stack([loss({"shape": v}) for v in range(3)], 1), 1)
-    p2 = torch.softmax(-torch.stack([loss({"color": v}) for v in range(3)], 1), 1)
-    p_prod = (p1[:, :, None] * p2[:, None, :]).reshape(n, 9)
-    m = 0.5 * (p_joint + p_prod)
-
-    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        return (p * (p.clamp_min(1e-30).log2() - q.clamp_min(1e-30).log2())).sum(1)
-
-    return round(float((0.5 * kl(p_joint, m) + 0.5 * kl(p_prod, m)).mean()), 5)
+    first = torch.stack([loss({"shape": v}) for v in range(3)], 1)
+    second = torch.stack([loss({"color": v}) for v in range(3)], 1)
+    return implicit_jsd_bits(joint, first, second)
 
 
 def factor_for(model: Any, how: str, shape: int, color: int) -> Any:
