@@ -36,7 +36,9 @@ Methods, all told the true count ``K`` (as in Table 5.1):
 Metrics (seed's definitions): perception rate, the share of true objects whose
 Hungarian-matched prediction has mean squared coordinate error (coordinates in [0, 1])
 below 0.002; estimation error, the mean of those squared errors over all objects; NFE and
-wall time per image.  With ``--count-images N`` the first N in-distribution images are
+wall time per image.  For ``ours``, ``misses`` sorts the images with a missed object by
+cause: a *search* miss when the true concepts score a lower loss than the answer on the
+run's own draws, a *model* miss otherwise.  With ``--count-images N`` the first N in-distribution images are
 also inverted with ``K`` unknown in ``--k-range`` (default [2, 6]; Eq. 5.9): count accuracy and the perception
 rate at the chosen ``K``.
 
@@ -265,11 +267,15 @@ def run(args: argparse.Namespace) -> dict:
             k = int(lab["count"][i])
             true = lab["xy"][i, :k].numpy()
             for m in args.methods:
-                t0, nfe = time.perf_counter(), None
+                t0, nfe, losses = time.perf_counter(), None, None
                 if m in ("ours", "ours-single-start"):
-                    r = engines[m].run(concept_scene(x[i], model, k), seed=args.seed + i)
+                    scene = concept_scene(x[i], model, k)
+                    r = engines[m].run(scene, seed=args.seed + i)
                     pred = torch.stack([r[f"xy{j}"] for j in range(k)]).cpu().numpy()
                     nfe = r.stats["nfe"]
+                    truth = {f"xy{j}": lab["xy"][i, j] for j in range(k)}
+                    truth.update({f"color{j}": lab["color"][i, j] for j in range(k)})
+                    losses = [r.loss, engines[m].loss(scene, truth, seed=args.seed + i)]
                 elif m == "generative-classifier":
                     r = engines[m].run(set_scene(x[i], gc_model, k), seed=args.seed + i)
                     pred, nfe = r["xys"].cpu().numpy(), r.stats["nfe"]
@@ -279,7 +285,8 @@ def run(args: argparse.Namespace) -> dict:
                 else:
                     pred = detect(x[i : i + 1], background=bg)[0].xy
                 err = match(pred, true).tolist()
-                rec[m].append([i, err, time.perf_counter() - t0, nfe, np.asarray(pred).round(5).tolist()])
+                pred = np.asarray(pred).round(5).tolist()
+                rec[m].append([i, err, time.perf_counter() - t0, nfe, pred, losses])
             if args.verbose:
                 hits = {m: int((np.asarray(v[-1][1]) < HIT_MSE).sum()) for m, v in rec.items()}
                 print(name, i, k, hits, file=sys.stderr, flush=True)
@@ -293,6 +300,23 @@ def run(args: argparse.Namespace) -> dict:
             err = match(pred, count_lab["xy"][i, :k].numpy())
             records["count"].append([i, k, r.k, err.tolist(), r.stats["wall_time_all_k"]])
     return records
+
+
+def miss_causes(recs: list[list]) -> dict:
+    """Why images with a missed object missed it: the loss at the answer against the loss at the truth.
+
+    Both are measured on the run's shared draws (:meth:`ConceptInversion.loss`).  A truth
+    with a lower loss means the search stopped short of the minimum (a *search* miss);
+    otherwise the model itself prefers a wrong answer (a *model* miss)."""
+    missed = [r for r in recs if (np.asarray(r[1]) >= HIT_MSE).any()]
+    search = sum(r[5][1] < r[5][0] for r in missed)
+    ratio = [r[5][0] / max(r[5][1], 1e-12) for r in missed]
+    return {
+        "images": len(missed),
+        "search": int(search),
+        "model": len(missed) - int(search),
+        "median_loss_over_truth_loss": round(float(np.median(ratio)), 3) if ratio else None,
+    }
 
 
 def summarise_records(shard_records: list[dict], args: argparse.Namespace) -> dict:
@@ -323,6 +347,8 @@ def summarise_records(shard_records: list[dict], args: argparse.Namespace) -> di
             recs = sorted(r for s in shard_records for r in s["settings"][name]["per_image"][m])
             nfe = [r[3] for r in recs] if recs and recs[0][3] is not None else None
             row[m] = summarise([np.asarray(r[1]) for r in recs], [r[2] for r in recs], nfe)
+            if recs and recs[0][5] is not None:
+                row[m]["misses"] = miss_causes(recs)
         first = row[next(iter(row))]
         row["mean_objects"] = round(first["objects"] / max(first["images"], 1), 3)
         out["settings"][name] = row

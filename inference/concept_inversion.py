@@ -378,6 +378,41 @@ class ConceptInversion:
         res.stats.update(nfe=counter[0], wall_time=round(time.perf_counter() - t0, 4), seed=int(seed))
         return res
 
+    def loss(
+        self,
+        scene: Scene,
+        concepts: dict[str, Any],
+        *,
+        seed: int = 0,
+        candidates: dict[str, Any] | None = None,
+    ) -> float:
+        """The composed denoising loss ``L(c)`` (Eq. 5.7) of given ``concepts``.
+
+        It is measured on the ``draws`` shared draws that :meth:`run` with the same
+        ``seed`` re-scores its answer on, so ``loss(scene, run(scene, seed=s).concepts,
+        seed=s)`` equals that run's ``loss``.  Compare an answer with the ground truth
+        this way: a truth with a much lower loss means the search failed; a truth with
+        a higher loss means the model prefers the wrong answer.
+        """
+        prob = _Problem(scene, candidates or {}, self.dtype, self.device)
+        missing = [n for n in prob.controls if n not in concepts]
+        unknown = sorted(set(concepts) - set(prob.controls))
+        if missing or unknown:
+            raise SceneError(f"loss needs a value for every control: missing {missing}, unknown {unknown}")
+        state = {}
+        for n in prob.controls:
+            v = torch.as_tensor(concepts[n], device=self.device)
+            if n in prob.continuous:
+                v = v.to(self.dtype)
+            if tuple(v.shape) != tuple(prob.shapes[n]):
+                raise SceneError(
+                    f"concept {n!r} has shape {tuple(v.shape)}, the control has {tuple(prob.shapes[n])}"
+                )
+            state[n] = v[None]
+        draws = prob.draws(self.draws, self.t_range, torch.Generator().manual_seed(int(seed)))
+        with torch.no_grad():
+            return float(prob.loss(state, draws, self.batch, [0])[0])
+
     def choose_k(
         self,
         build: Callable[[int], Scene],

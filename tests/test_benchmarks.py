@@ -75,6 +75,8 @@ def test_object_discovery_benchmark_quick():
     rows = data["settings"]["in-distribution"]
     assert set(rows) >= {"ours", "ours-single-start", "generative-classifier", "cnn", "detector"}
     assert rows["detector"]["perception_rate"] == 1.0 and data["count"]["images"] == 1
+    misses = rows["ours"]["misses"]
+    assert misses["search"] + misses["model"] == misses["images"] <= 2
 
 
 @pytest.mark.slow

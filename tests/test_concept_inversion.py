@@ -178,3 +178,17 @@ def test_greedy_start_needs_backfitting_under_a_weighted_background(two_bumps):
 
     assert greedy(0) != pytest.approx([0.25, 0.7], abs=0.03)
     assert greedy(1) == pytest.approx([0.25, 0.7], abs=1 / 48 + 1e-3)  # the nearest grid points
+
+
+def test_loss_of_given_concepts_reproduces_the_run_and_ranks_the_truth(two_bumps):
+    scene = bumps_scene(two_bumps, 2)
+    eng = ConceptInversion(steps=60, restarts=4, lr=0.02, draws=16, t_range=(0.05, 0.9))
+    res = eng.run(scene, seed=3)
+    assert eng.loss(scene, res.concepts, seed=3) == pytest.approx(res.loss, rel=1e-6)
+    truth = eng.loss(scene, {"c0": torch.tensor(0.25), "c1": torch.tensor(0.7)}, seed=3)
+    wrong = eng.loss(scene, {"c0": torch.tensor(0.25), "c1": torch.tensor(0.26)}, seed=3)
+    assert truth < wrong
+    with pytest.raises(SceneError, match=r"missing \['c1'\]"):
+        eng.loss(scene, {"c0": 0.25})
+    with pytest.raises(SceneError, match="concept 'c1' has shape"):
+        eng.loss(scene, {"c0": 0.25, "c1": torch.zeros(2)})
