@@ -38,6 +38,9 @@ image size).  Several observed values add their losses.
   up (composed training, Eq. 5.5); the backfitting passes score the whole scene, so
   they also repair starts under a weighted background (tested on the analytic
   projective scene).
+* **Scoring an answer**: :meth:`ConceptInversion.loss` gives ``L(c)`` of any concepts on
+  the draws a run with the same seed re-scores on, e.g. to tell a search failure (the
+  truth scores lower than the answer) from a model failure (it scores higher).
 * **Choosing K** (Eq. 5.9, Alg. 6): :meth:`ConceptInversion.choose_k` inverts one
   scene per ``K`` and keeps the ``K`` whose minimised loss, re-scored on the same
   shared draws for every ``K``, is lowest.
