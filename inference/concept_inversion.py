@@ -38,6 +38,12 @@ image size).  Several observed values add their losses.
   up (composed training, Eq. 5.5); the backfitting passes score the whole scene, so
   they also repair starts under a weighted background (tested on the analytic
   projective scene).
+* **Relocation** (``relocate``): after the descent, the same backfitting sweep on the
+  best restart, now keeping a concept's current place unless a grid point beats it on
+  the shared search draws, then a short descent; the round is kept only if the
+  re-scored loss drops.  With the other concepts at their refined places the residual
+  shows the object no concept explains, which the start, scored with the others still
+  on the grid, can miss.
 * **Scoring an answer**: :meth:`ConceptInversion.loss` gives ``L(c)`` of any concepts on
   the draws a run with the same seed re-scores on, e.g. to tell a search failure (the
   truth scores lower than the answer) from a model failure (it scores higher).
@@ -302,6 +308,12 @@ class ConceptInversion:
         greedy_relax: scan the greedy grid with discrete controls relaxed to uniform class
             probabilities (factors that accept them, e.g. networks with attributes), then
             enumerate them at the chosen point: ``grid + M`` evaluations instead of ``grid x M``.
+        relocate: relocation rounds after the descent (continuous scenes with a grid, i.e.
+            bounded priors): each concept observable of the best restart is re-placed at the
+            grid's best point given all the others if that beats its current place, then
+            ``relocate_steps`` optimiser steps (default ``steps // 2``) polish; a round is
+            kept only if the re-scored loss drops.  It moves a concept out of a local
+            minimum (two concepts on one object, one object never visited).
         max_configs: largest all-discrete space enumerated exhaustively.
         sweeps: coordinate-search sweeps over discrete controls at each use during a continuous
             run (an all-discrete search sweeps until nothing changes, at most 10 times).
@@ -327,6 +339,8 @@ class ConceptInversion:
         search_draws: int = 4,
         greedy_sweeps: int = 1,
         greedy_relax: bool = False,
+        relocate: int = 0,
+        relocate_steps: int | None = None,
         max_configs: int = 4096,
         sweeps: int = 1,
         batch: int = 256,
@@ -360,6 +374,12 @@ class ConceptInversion:
             int(greedy_sweeps),
             bool(greedy_relax),
         )
+        if int(relocate) < 0 or (relocate_steps is not None and int(relocate_steps) < 1):
+            raise SceneError(
+                f"relocate must be >= 0 and relocate_steps >= 1, got {relocate} and {relocate_steps}"
+            )
+        self.relocate = int(relocate)
+        self.relocate_steps = max(1, int(steps) // 2) if relocate_steps is None else int(relocate_steps)
         self.init, self.grid, self.max_configs, self.sweeps = init, int(grid), int(max_configs), int(sweeps)
         self.batch, self.dtype, self.device = int(batch), dtype, torch.device(device)
         self.progress, self.callback = progress, callback
@@ -552,16 +572,59 @@ class ConceptInversion:
             first = self._greedy(prob, draws, counter)
             for n in state:
                 state[n][0] = first[n]
+        final, alive, traces, pruned_at = self._descend(
+            prob, state, self.steps, draws, gen, counter, self.callback
+        )
+        idx = alive.nonzero()[:, 0]
+        with torch.no_grad():
+            scored = prob.loss(
+                {n: v[idx.to(self.device)] for n, v in final.items()}, draws, self.batch, counter
+            )
+        losses = torch.full((r,), float("nan"), dtype=torch.float64)
+        losses[idx] = scored.double().cpu()
+        b = int(idx[int(scored.argmin())])
+        moves = self._relocations(prob, final, losses, b, draws, gen, counter)
+        return InversionResult(
+            {n: v[b].cpu() for n, v in final.items()},
+            float(losses[b]),
+            {n: v.cpu() for n, v in final.items()},
+            losses,
+            traces,
+            {
+                "method": f"{self.optimizer} x {r} restarts"
+                + (" (greedy first)" if self.init == "greedy" else "")
+                + (f" + {self.relocate} relocation rounds" if self.relocate else ""),
+                "pruned": pruned_at,
+                "best_restart": b,
+                "relocations": moves,
+            },
+        )
+
+    def _descend(
+        self,
+        prob: _Problem,
+        state: dict[str, torch.Tensor],
+        steps: int,
+        draws: list[tuple],
+        gen: torch.Generator,
+        counter: list[int],
+        callback: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, list[dict[str, int]]]:
+        """``steps`` optimiser steps from every particle of ``state`` (Alg. 5), one shared draw per
+        step, with pruning and coordinate search of the discrete controls (on ``draws``): the final
+        state, the live particles, the ``(R, steps)`` loss traces and the prunings."""
+        state = {n: v.clone() for n, v in state.items()}
+        r = next(iter(state.values())).shape[0]
         boxes = {n: prob.interval(n) for n in prob.continuous}
         alive = torch.ones(r, dtype=torch.bool)
-        traces = torch.full((r, self.steps), float("nan"), dtype=torch.float64)
+        traces = torch.full((r, steps), float("nan"), dtype=torch.float64)
         params = {n: state[n].clone().requires_grad_(True) for n in prob.continuous}
         opt = (torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD)(
             list(params.values()), lr=self.lr
         )
         since = torch.zeros(r, dtype=torch.float64)
         pruned_at: list[dict[str, int]] = []
-        bar = tqdm(range(self.steps), desc="concept inversion", disable=not self.progress, leave=False)
+        bar = tqdm(range(steps), desc="concept inversion", disable=not self.progress, leave=False)
         for step in bar:
             idx = alive.nonzero()[:, 0].to(self.device)
             cur = {n: params[n][idx] for n in prob.continuous}
@@ -581,7 +644,7 @@ class ConceptInversion:
                 params[n].grad = gr
             for grp in opt.param_groups:  # cosine decay: averages out the one-draw gradient noise
                 grp["lr"] = self.lr * (
-                    self.lr_min + (1 - self.lr_min) * 0.5 * (1 + math.cos(math.pi * step / self.steps))
+                    self.lr_min + (1 - self.lr_min) * 0.5 * (1 + math.cos(math.pi * step / steps))
                 )
             opt.step()
             with torch.no_grad():
@@ -591,7 +654,7 @@ class ConceptInversion:
             lv = loss.detach().double().cpu()
             traces[alive.nonzero()[:, 0], step] = lv
             since[alive] += lv
-            last = step == self.steps - 1
+            last = step == steps - 1
             if (step + 1) % self.prune_every == 0 or last:
                 if prob.discrete:
                     cur = {n: params[n].detach()[idx] for n in prob.continuous}
@@ -607,31 +670,11 @@ class ConceptInversion:
                     alive[live[order[n_keep:]]] = False
                     pruned_at.append({"step": step + 1, "alive": n_keep})
                 since.zero_()
-            if self.callback is not None:
-                self.callback(step, {"loss": lv, "alive": alive.clone()})
+            if callback is not None:
+                callback(step, {"loss": lv, "alive": alive.clone()})
         final = {n: params[n].detach() for n in prob.continuous}
         final.update({n: state[n] for n in prob.discrete})
-        idx = alive.nonzero()[:, 0]
-        with torch.no_grad():
-            scored = prob.loss(
-                {n: v[idx.to(self.device)] for n, v in final.items()}, draws, self.batch, counter
-            )
-        losses = torch.full((r,), float("nan"), dtype=torch.float64)
-        losses[idx] = scored.double().cpu()
-        b = int(idx[int(scored.argmin())])
-        return InversionResult(
-            {n: v[b].cpu() for n, v in final.items()},
-            float(losses[b]),
-            {n: v.cpu() for n, v in final.items()},
-            losses,
-            traces,
-            {
-                "method": f"{self.optimizer} x {r} restarts"
-                + (" (greedy first)" if self.init == "greedy" else ""),
-                "pruned": pruned_at,
-                "best_restart": b,
-            },
-        )
+        return final, alive, traces, pruned_at
 
     def _sub(self, draws: list[tuple]) -> list[tuple]:
         k = self.search_draws
@@ -651,18 +694,71 @@ class ConceptInversion:
             if new:
                 placed.update(self._scan(prob, o, new, placed, done, sub, counter))
         for _ in range(self.greedy_sweeps):
-            for o in order:
-                own = [
-                    c
-                    for c in dict.fromkeys(o.controls)
-                    if all(c not in p.controls for p in order if p is not o)
-                ]
-                if not own:
-                    continue
-                others = {k: v for k, v in placed.items() if k not in own}
-                done = {p.name for p in order if p is not o} | fixed
-                placed.update(self._scan(prob, o, own, others, done, sub, counter))
+            placed, _ = self._sweep(prob, placed, sub, counter)
         return {c: v[0] for c, v in placed.items()}
+
+    def _sweep(
+        self,
+        prob: _Problem,
+        state: dict[str, torch.Tensor],
+        sub: list[tuple],
+        counter: list[int],
+        keep: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """One backfitting pass: re-place each concept observable's own controls on the grid given
+        all the others at their ``state`` values (``(1, ...)`` tensors).  With ``keep`` a new
+        place must beat the current one on ``sub``; returns the state and the observables moved."""
+        state = dict(state)
+        order = [o for g in prob.groups for o in g.obs if o.controls]
+        fixed = {o.name for g in prob.groups for o in g.obs if not o.controls}
+        moved = []
+        for o in order:
+            own = [
+                c for c in dict.fromkeys(o.controls) if all(c not in p.controls for p in order if p is not o)
+            ]
+            if not own:
+                continue
+            others = {k: v for k, v in state.items() if k not in own}
+            done = {p.name for p in order if p is not o} | fixed
+            pick = self._scan(prob, o, own, others, done, sub, counter)
+            if keep:  # the grid's best against the current place, on the same draws
+                trial = {c: torch.cat([state[c], pick[c]]) for c in own}
+                pick = self._best(prob, o, trial, others, done, sub, counter)
+            if not all(torch.equal(pick[c], state[c]) for c in own):
+                moved.append(o.name)
+            state.update(pick)
+        return state, moved
+
+    def _relocations(
+        self,
+        prob: _Problem,
+        final: dict[str, torch.Tensor],
+        losses: torch.Tensor,
+        b: int,
+        draws: list[tuple],
+        gen: torch.Generator,
+        counter: list[int],
+    ) -> list[dict[str, Any]]:
+        """Up to ``relocate`` rounds on the best restart ``b`` (updated in place in ``final`` and
+        ``losses``): a keep-if-better backfitting sweep over the grid, then ``relocate_steps``
+        optimiser steps; the round is accepted if the re-scored loss on ``draws`` drops."""
+        rounds: list[dict[str, Any]] = []
+        for _ in range(self.relocate):
+            best = {n: v[b : b + 1] for n, v in final.items()}
+            state, moved = self._sweep(prob, best, self._sub(draws), counter, keep=True)
+            if not moved:
+                break
+            state = self._descend(prob, state, self.relocate_steps, draws, gen, counter)[0]
+            with torch.no_grad():
+                new = float(prob.loss(state, draws, self.batch, counter)[0])
+            accepted = new < float(losses[b])
+            rounds.append({"moved": moved, "loss": new, "accepted": accepted})
+            if not accepted:
+                break
+            for n in final:
+                final[n][b] = state[n][0]
+            losses[b] = new
+        return rounds
 
     def _scan(
         self,
@@ -690,7 +786,8 @@ class ConceptInversion:
                 box = prob.interval(c)
                 if box is None:
                     raise SceneError(
-                        f"init='greedy' needs a bounded prior (e.g. Uniform) on control {c!r} to lay its grid"
+                        f"init='greedy' and relocate need a bounded prior (e.g. Uniform) on control {c!r} "
+                        "to lay a grid"
                     )
                 lo, hi = box[0].reshape(-1).cpu(), box[1].reshape(-1).cpu()
                 u = (torch.arange(self.grid, dtype=self.dtype) + 0.5) / self.grid

@@ -192,3 +192,35 @@ def test_loss_of_given_concepts_reproduces_the_run_and_ranks_the_truth(two_bumps
         eng.loss(scene, {"c0": 0.25})
     with pytest.raises(SceneError, match="concept 'c1' has shape"):
         eng.loss(scene, {"c0": 0.25, "c1": torch.zeros(2)})
+
+
+def test_relocation_moves_concepts_out_of_local_minima():
+    """From one random start, descent often leaves a bump unexplained (two concepts share one,
+    or one sits at the border); a relocation round re-places such a concept and finds it."""
+    g = torch.Generator().manual_seed(1)
+    truth = torch.tensor([0.2, 0.5, 0.8])
+    x = bump(truth).sum(0) + 0.1 * torch.randn(L, generator=g)
+    scene = bumps_scene(x, 3)
+
+    def run(relocate, seed):
+        eng = ConceptInversion(
+            steps=60, restarts=1, lr=0.02, draws=16, t_range=(0.05, 0.9), grid=24, search_draws=8,
+            relocate=relocate, relocate_steps=30,
+        )  # fmt: skip
+        res = eng.run(scene, seed=seed)
+        found = torch.stack([res[f"c{j}"] for j in range(3)]).sort().values
+        return res, eng, int(((found - truth).abs() > 0.05).sum())
+
+    plain = [run(0, s)[2] for s in range(8)]
+    moved = [run(1, s) for s in range(8)]
+    assert sum(m > 0 for m in plain) >= 3, plain  # the local minima are real
+    assert [m for _, _, m in moved] == [0] * 8
+    stuck = next(s for s in range(8) if plain[s])
+    res, eng, _ = moved[stuck]
+    rounds = res.stats["relocations"]
+    assert rounds and rounds[0]["accepted"] and rounds[0]["moved"]
+    assert res.loss == pytest.approx(rounds[0]["loss"])
+    assert float(res.restart_losses[res.stats["best_restart"]]) == res.loss
+    assert eng.loss(scene, res.concepts, seed=stuck) == pytest.approx(res.loss)
+    with pytest.raises(SceneError, match="relocate"):
+        ConceptInversion(relocate=-1)
