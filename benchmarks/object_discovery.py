@@ -225,7 +225,9 @@ def run(args: argparse.Namespace) -> dict:
     common = dict(lr=0.01, prune_every=10, t_range=(0.02, 0.5), draws=args.draws, search_draws=2, device=dev)
     greedy = dict(init="greedy", grid=args.grid, greedy_relax=not args.scan_colours, greedy_sweeps=1)
     engines = {
-        "ours": ConceptInversion(restarts=args.restarts, steps=args.steps, **greedy, **common),
+        "ours": ConceptInversion(
+            restarts=args.restarts, steps=args.steps, relocate=args.relocate, **greedy, **common
+        ),
         "ours-single-start": ConceptInversion(init="random", restarts=1, steps=args.steps, **common),
         "generative-classifier": ConceptInversion(
             init="random", restarts=args.restarts, steps=args.steps, **common
@@ -334,6 +336,7 @@ def summarise_records(shard_records: list[dict], args: argparse.Namespace) -> di
             "grid": args.grid,
             "draws": args.draws,
             "scan_colours": args.scan_colours,
+            "relocate": args.relocate,
             "device": args.device,
             "workers": args.workers,
             "time_limit": args.time_limit,
@@ -425,6 +428,9 @@ def main() -> None:
         "--scan-colours",
         action="store_true",
         help="greedy scan over grid x colours (6x the scan cost) instead of relaxed colours",
+    )
+    ap.add_argument(
+        "--relocate", type=int, default=0, help="relocation rounds after the descent (ours; steps/2 each)"
     )
     ap.add_argument("--draws", type=int, default=8, help="shared (t, eps) draws per step and per score")
     ap.add_argument("--model", default="blobs-composed", help="the composed-trained object model")

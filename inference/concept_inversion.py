@@ -378,7 +378,7 @@ class ConceptInversion:
             raise SceneError(
                 f"relocate must be >= 0 and relocate_steps >= 1, got {relocate} and {relocate_steps}"
             )
-        self.relocate = int(relocate)
+        self.relocate, self.relocate_top = int(relocate), 4
         self.relocate_steps = max(1, int(steps) // 2) if relocate_steps is None else int(relocate_steps)
         self.init, self.grid, self.max_configs, self.sweeps = init, int(grid), int(max_configs), int(sweeps)
         self.batch, self.dtype, self.device = int(batch), dtype, torch.device(device)
@@ -703,11 +703,13 @@ class ConceptInversion:
         state: dict[str, torch.Tensor],
         sub: list[tuple],
         counter: list[int],
-        keep: bool = False,
+        judge: list[tuple] | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[str]]:
         """One backfitting pass: re-place each concept observable's own controls on the grid given
-        all the others at their ``state`` values (``(1, ...)`` tensors).  With ``keep`` a new
-        place must beat the current one on ``sub``; returns the state and the observables moved."""
+        all the others at their ``state`` values (``(1, ...)`` tensors), scanning on the draws
+        ``sub``.  With ``judge`` (draws) the ``relocate_top`` best grid points are refined off the
+        grid and one moves the observable only if it beats the current place on ``judge``.
+        Returns the state and the observables moved."""
         state = dict(state)
         order = [o for g in prob.groups for o in g.obs if o.controls]
         fixed = {o.name for g in prob.groups for o in g.obs if not o.controls}
@@ -720,14 +722,57 @@ class ConceptInversion:
                 continue
             others = {k: v for k, v in state.items() if k not in own}
             done = {p.name for p in order if p is not o} | fixed
-            pick = self._scan(prob, o, own, others, done, sub, counter)
-            if keep:  # the grid's best against the current place, on the same draws
+            pick = self._scan(
+                prob, o, own, others, done, sub, counter, 1 if judge is None else self.relocate_top
+            )
+            if judge is not None:  # the grid's best points, refined off the grid, against the current place
+                pick = self._refine(prob, o, pick, others, done, sub, counter)
                 trial = {c: torch.cat([state[c], pick[c]]) for c in own}
-                pick = self._best(prob, o, trial, others, done, sub, counter)
+                pick = self._best(prob, o, trial, others, done, judge, counter)
             if not all(torch.equal(pick[c], state[c]) for c in own):
                 moved.append(o.name)
             state.update(pick)
         return state, moved
+
+    def _refine(
+        self,
+        prob: _Problem,
+        o: _Obs,
+        pick: dict[str, torch.Tensor],
+        placed: dict[str, torch.Tensor],
+        done: set[str],
+        sub: list[tuple],
+        counter: list[int],
+        steps: int = 10,
+    ) -> dict[str, torch.Tensor]:
+        """``steps`` optimiser steps on the continuous controls of each row of ``pick`` (observable
+        ``o``), the others fixed at ``placed``, on the fixed draws ``sub``: a grid point is up to
+        half a cell from the minimum it stands for, too far to compare it with a refined place."""
+        cont = [c for c in pick if c in prob.continuous]
+        if not cont:
+            return pick
+        n = next(iter(pick.values())).shape[0]
+        placed = {k: v.expand(n, *v.shape[1:]) for k, v in placed.items()}
+        with torch.no_grad():
+            base = prob.predict(placed, sub, self.batch, counter, lambda p: p.name in done and p is not o)
+        params = {c: pick[c].clone().requires_grad_(True) for c in cont}
+        opt = (torch.optim.Adam if self.optimizer == "adam" else torch.optim.SGD)(
+            list(params.values()), lr=self.lr
+        )
+        boxes = {c: prob.interval(c) for c in cont}
+        for _ in range(steps):
+            with torch.enable_grad():
+                var = prob.predict({**placed, **pick, **params}, sub, self.batch, counter, lambda p: p is o)
+                loss = prob.error([b + v for b, v in zip(base, var, strict=True)], sub).sum()
+                grads = torch.autograd.grad(loss, list(params.values()))
+            for p, g in zip(params.values(), grads, strict=True):
+                p.grad = g
+            opt.step()
+            with torch.no_grad():
+                for c, box in boxes.items():
+                    if box is not None:
+                        params[c].copy_(torch.maximum(torch.minimum(params[c], box[1]), box[0]))
+        return {**pick, **{c: p.detach() for c, p in params.items()}}
 
     def _relocations(
         self,
@@ -745,7 +790,7 @@ class ConceptInversion:
         rounds: list[dict[str, Any]] = []
         for _ in range(self.relocate):
             best = {n: v[b : b + 1] for n, v in final.items()}
-            state, moved = self._sweep(prob, best, self._sub(draws), counter, keep=True)
+            state, moved = self._sweep(prob, best, self._sub(draws), counter, judge=draws)
             if not moved:
                 break
             state = self._descend(prob, state, self.relocate_steps, draws, gen, counter)[0]
@@ -769,9 +814,11 @@ class ConceptInversion:
         done: set[str],
         sub: list[tuple],
         counter: list[int],
+        top: int = 1,
     ) -> dict[str, torch.Tensor]:
-        """The best grid point (times discrete candidates) for controls ``names`` of observable ``o``,
-        with the observables in ``done`` at their ``placed`` values and the rest left out."""
+        """The ``top`` best grid points (times discrete candidates) for controls ``names`` of
+        observable ``o``, as ``(top, ...)`` tensors, with the observables in ``done`` at their
+        ``placed`` values and the rest left out."""
         relaxed = [c for c in names if c in prob.candidates and self.greedy_relax]
         axes = []
         for c in names:
@@ -801,13 +848,17 @@ class ConceptInversion:
                 vals = prob.candidates[c][combo[:, j]]
             shape = vals.shape[1:] if c in relaxed else prob.shapes[c]
             trial[c] = vals.reshape(combo.shape[0], *shape).to(self.device)
-        pick = self._best(prob, o, trial, placed, done, sub, counter)
-        for c in relaxed:  # the discrete values at the chosen point, one control at a time
-            m = prob.candidates[c].shape[0]
-            trial = {k: v.expand(m, *v.shape[1:]) for k, v in pick.items()}
-            trial[c] = prob.candidates[c].to(self.device)
-            pick.update(self._best(prob, o, trial, placed, done, sub, counter))
-        return pick
+        picks = self._best(prob, o, trial, placed, done, sub, counter, top)
+        rows = []
+        for j in range(next(iter(picks.values())).shape[0]):
+            pick = {k: v[j : j + 1] for k, v in picks.items()}
+            for c in relaxed:  # the discrete values at the chosen point, one control at a time
+                m = prob.candidates[c].shape[0]
+                trial = {k: v.expand(m, *v.shape[1:]) for k, v in pick.items()}
+                trial[c] = prob.candidates[c].to(self.device)
+                pick.update(self._best(prob, o, trial, placed, done, sub, counter))
+            rows.append(pick)
+        return {c: torch.cat([r[c] for r in rows]) for c in names}
 
     def _best(
         self,
@@ -818,13 +869,15 @@ class ConceptInversion:
         done: set[str],
         sub: list[tuple],
         counter: list[int],
+        top: int = 1,
     ) -> dict[str, torch.Tensor]:
-        """The entry of ``trial`` (``C`` candidate values) with the lowest loss, as ``(1, ...)`` tensors."""
+        """The ``top`` entries of ``trial`` (``C`` candidate values) with the lowest loss, best first,
+        as ``(top, ...)`` tensors."""
         n = next(iter(trial.values())).shape[0]
         full = {**{k: v.expand(n, *v.shape[1:]) for k, v in placed.items()}, **trial}
         with torch.no_grad():
             base = prob.predict(placed, sub, self.batch, counter, lambda p: p.name in done and p is not o)
             var = prob.predict(full, sub, self.batch, counter, lambda p: p is o)
             loss = prob.error([b + v for b, v in zip(base, var, strict=True)], sub)
-        j = int(loss.argmin())
-        return {c: v[j : j + 1] for c, v in trial.items()}
+        j = loss.argsort()[: min(top, n)]
+        return {c: v[j] for c, v in trial.items()}
