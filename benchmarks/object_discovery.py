@@ -2,7 +2,7 @@
 
 Each test image holds coloured blobs (:func:`probcomp.datasets.blobs`, objects 7 px
 apart).  Its concepts are one ``(xy, colour)`` pair per object, and the scene composes
-the zoo's ``blobs-composed`` model (composed training on 3-5 objects, Eq. 5.5) once per
+the zoo's ``blobs-composed-long`` model (composed training on 3-5 objects, Eq. 5.5) once per
 object: ``K`` observables share the image, so their noise predictions add (Eq. 5.7).
 
 Settings:
@@ -15,14 +15,16 @@ Settings:
 Methods, all told the true count ``K`` (as in Table 5.1):
 
 * ``ours`` -- :class:`~probcomp.inference.ConceptInversion`: the first restart by greedy
-  matching pursuit with one backfitting sweep on a 6 x 6 grid of positions (colours
+  matching pursuit with one backfitting sweep on an 8 x 8 grid of positions (colours
   relaxed to uniform class probabilities during the scan, then enumerated, or with
-  ``--scan-colours`` enumerated at every grid point; 2 shared draws), three more random
-  ones, 30 Adam steps with pruning of half the restarts every 10, colours by coordinate
-  search, ``t`` in (0.02, 0.5) (the defaults: ``--steps``,
-  ``--restarts``, ``--grid``, ``--draws`` change them);
+  ``--scan-colours`` enumerated at every grid point; 2 shared draws), five more random
+  ones, 60 Adam steps with pruning of half the restarts every 10, colours by coordinate
+  search, ``t`` in (0.02, 0.5), then two relocation rounds on the best restart (each
+  object re-placed at the best of the grid's 4 best points, refined off the grid, if that
+  beats its place on all 8 shared draws; 30 polishing steps; kept if the loss drops).  The
+  defaults: ``--steps``, ``--restarts``, ``--grid``, ``--draws``, ``--relocate`` change them;
 * ``ours-single-start`` -- the seed's Alg. 5 without multiple initialisation: one random
-  start, the same 30 steps (the "w/o multi-init" row);
+  start, the same 60 steps, no relocation (the "w/o multi-init" row);
 * ``generative-classifier`` -- the non-compositional baseline of Table 5.1: the zoo's
   ``blobs-set``, one network conditioned on the whole set of centres (drawn as one heat
   map), trained on the same scenes; the set is one ``(K, 2)`` control, inverted with the
@@ -43,14 +45,13 @@ run's own draws, a *model* miss otherwise.  With ``--count-images N`` the first 
 also inverted with ``K`` unknown in ``--k-range`` (default [2, 6]; Eq. 5.9): count accuracy and the perception
 rate at the chosen ``K``.
 
-Full run (one CPU thread: about 25 s per in-distribution image for both inversion
-methods at the default settings, so 100 images per setting take hours; ``--workers N``
-runs N shards as parallel processes, ``--device cuda`` runs the networks on a GPU, and
-``--time-limit`` stops starting new images, every setting keeping the same images)::
+Full run (one CPU thread: about a minute per in-distribution image for ``ours`` at the
+default settings, so 100 images per setting take hours; ``--workers N`` runs N shards as
+parallel processes, ``--device cuda`` runs the networks on a GPU, and ``--time-limit``
+stops starting new images, every setting keeping the same images)::
 
     python benchmarks/object_discovery.py --json --out benchmarks/results/object_discovery.json
-    python benchmarks/object_discovery.py --device cuda --workers 10 --steps 100 --restarts 8 \
-        --grid 8 --count-images 40 --json
+    python benchmarks/object_discovery.py --device cuda --workers 10 --count-images 40 --json
 
 Smoke test (2 images, tiny settings)::
 
@@ -258,7 +259,7 @@ def run(args: argparse.Namespace) -> dict:
         records["settings"][name] = {"per_image": {m: [] for m in args.methods}}
     gen = torch.Generator().manual_seed(args.seed + 1)  # the in-distribution images again
     count_x, count_lab = datasets.blobs(args.count_images, gen, num_objects=(3, 5), min_separation=SEPARATION)
-    counter = ConceptInversion(restarts=1, steps=args.steps, **greedy, **common)
+    counter = ConceptInversion(restarts=1, steps=args.steps, relocate=args.relocate, **greedy, **common)
     records["count"] = []
     deadline = time.monotonic() + (args.time_limit or float("inf"))
     # images in the outer loop: a run stopped by --time-limit has the same images in every setting
@@ -371,24 +372,37 @@ def summarise_records(shard_records: list[dict], args: argparse.Namespace) -> di
     return out
 
 
-def summarise_log(path: Path) -> dict:
-    """Perception rates from the per-image lines of a ``--verbose`` log (for runs stopped early).
+def summarise_log(paths: list[Path]) -> dict:
+    """Perception rates from the per-image lines of ``--verbose`` logs (for runs stopped early).
 
     Each line reads ``SETTING IMAGE K {method: hits}``; only perception rates can be
-    recovered (no errors, times or NFE).  Lines of images seen twice count once."""
-    seen: dict[tuple[str, int], tuple[int, dict]] = {}
-    for line in path.read_text().splitlines():
-        parts = line.split(" ", 3)
-        if len(parts) == 4 and parts[0] in SETTINGS:
-            seen[(parts[0], int(parts[1]))] = (int(parts[2]), ast.literal_eval(parts[3]))
-    out: dict[str, Any] = {"log": str(path), "command": " ".join(sys.argv), "settings": {}}
+    recovered (no errors, times or NFE).  Lines of images seen twice count once.  With
+    several logs (e.g. a new method against an older run's baselines) only the images in
+    every log count, and each method is named ``method [log name]``."""
+    logs = []
+    for path in paths:
+        seen: dict[tuple[str, int], tuple[int, dict]] = {}
+        for line in path.read_text().splitlines():
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[0] in SETTINGS:
+                seen[(parts[0], int(parts[1]))] = (int(parts[2]), ast.literal_eval(parts[3]))
+        logs.append(seen)
+    common = set.intersection(*(set(seen) for seen in logs))
+    out: dict[str, Any] = {"logs": [str(p) for p in paths], "command": " ".join(sys.argv), "settings": {}}
     for name in SETTINGS:
-        rows = [v for (s, _), v in seen.items() if s == name]
-        if not rows:
+        keys = sorted(key for key in common if key[0] == name)
+        if not keys:
             continue
-        objects = sum(k for k, _ in rows)
-        rates = {m: round(sum(h[m] for _, h in rows) / objects, 4) for m in rows[0][1]}
-        out["settings"][name] = {"images": len(rows), "objects": objects, "perception_rate": rates}
+        counts = {key: {seen[key][0] for seen in logs} for key in keys}
+        if any(len(c) > 1 for c in counts.values()):
+            raise SystemExit(f"logs disagree on the object count of an image in {name}: not the same images")
+        objects = sum(logs[0][key][0] for key in keys)
+        rates = {}
+        for path, seen in zip(paths, logs, strict=True):
+            for m in seen[keys[0]][1]:
+                label = m if len(paths) == 1 else f"{m} [{path.stem}]"
+                rates[label] = round(sum(seen[key][1][m] for key in keys) / objects, 4)
+        out["settings"][name] = {"images": len(keys), "objects": objects, "perception_rate": rates}
     return out
 
 
@@ -418,9 +432,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--restarts", type=int, default=4)
-    ap.add_argument("--grid", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--restarts", type=int, default=6)
+    ap.add_argument("--grid", type=int, default=8)
     ap.add_argument("--cnn-steps", type=int, default=1500)
     ap.add_argument("--count-images", type=int, default=0)
     ap.add_argument("--k-range", type=int, nargs=2, default=(2, 6))
@@ -430,10 +444,10 @@ def main() -> None:
         help="greedy scan over grid x colours (6x the scan cost) instead of relaxed colours",
     )
     ap.add_argument(
-        "--relocate", type=int, default=0, help="relocation rounds after the descent (ours; steps/2 each)"
+        "--relocate", type=int, default=2, help="relocation rounds after the descent (ours; steps/2 each)"
     )
     ap.add_argument("--draws", type=int, default=8, help="shared (t, eps) draws per step and per score")
-    ap.add_argument("--model", default="blobs-composed", help="the composed-trained object model")
+    ap.add_argument("--model", default="blobs-composed-long", help="the composed-trained object model")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -441,7 +455,12 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, help="seconds; stop starting new images after it")
     ap.add_argument("--workers", type=int, default=1, help="shards run as parallel subprocesses")
     ap.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help=argparse.SUPPRESS)
-    ap.add_argument("--summarise-log", type=Path, help="perception rates from a --verbose log, then exit")
+    ap.add_argument(
+        "--summarise-log",
+        type=Path,
+        nargs="+",
+        help="perception rates from --verbose logs (only images in all of them), then exit",
+    )
     ap.add_argument("--records", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cnn-weights", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="2 images, tiny settings (smoke test)")

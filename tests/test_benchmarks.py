@@ -69,6 +69,26 @@ def test_object_discovery_matching_keeps_correct_pairs():
     assert np.allclose(match(pred[:0], true), 1.0)  # nothing predicted: every object missed
 
 
+def test_object_discovery_logs_compare_on_common_images(tmp_path):
+    """Rates from several --verbose logs count only the images every log has."""
+    sys.path.insert(0, str(BENCH))
+    from object_discovery import summarise_log
+
+    old, new = tmp_path / "old.log", tmp_path / "new.log"
+    old.write_text("in-distribution 0 4 {'ours': 3, 'cnn': 4}\nin-distribution 1 5 {'ours': 5, 'cnn': 1}\n")
+    new.write_text("noise\nin-distribution 1 5 {'ours': 5}\nin-distribution 2 3 {'ours': 3}\n")
+    rates = summarise_log([old, new])["settings"]["in-distribution"]
+    assert (rates["images"], rates["objects"]) == (1, 5)
+    assert rates["perception_rate"] == {"ours [old]": 1.0, "cnn [old]": 0.2, "ours [new]": 1.0}
+    assert summarise_log([old])["settings"]["in-distribution"]["perception_rate"] == {
+        "ours": 0.8889,
+        "cnn": 0.5556,
+    }
+    new.write_text("in-distribution 1 4 {'ours': 4}\n")
+    with pytest.raises(SystemExit, match="not the same images"):
+        summarise_log([old, new])
+
+
 @pytest.mark.slow
 def test_object_discovery_benchmark_quick():
     data = _quick("object_discovery.py", "--quick", "--json")
