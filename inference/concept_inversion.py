@@ -38,12 +38,15 @@ image size).  Several observed values add their losses.
   up (composed training, Eq. 5.5); the backfitting passes score the whole scene, so
   they also repair starts under a weighted background (tested on the analytic
   projective scene).
-* **Relocation** (``relocate``): after the descent, the same backfitting sweep on the
-  best restart, now keeping a concept's current place unless a grid point beats it on
-  the shared search draws, then a short descent; the round is kept only if the
-  re-scored loss drops.  With the other concepts at their refined places the residual
-  shows the object no concept explains, which the start, scored with the others still
-  on the grid, can miss.
+* **Relocation** (``relocate``): after the descent, a backfitting sweep on the best
+  restart: each concept observable's grid scan (on the search draws, the others at their
+  refined places) gives its 4 best grid points, each refined off the grid by 10 optimiser
+  steps on those draws, and the best of them replaces the current place only if it
+  scores lower on all ``draws`` shared draws.  A short descent follows, and the round is
+  kept only if the re-scored loss drops.  With the others refined, the residual shows the
+  object no concept explains, which the start, scored with the others still on the grid,
+  can miss (in object discovery: two concepts on one blob whose colours add up to its
+  colour, and a blob nobody visits).
 * **Scoring an answer**: :meth:`ConceptInversion.loss` gives ``L(c)`` of any concepts on
   the draws a run with the same seed re-scores on, e.g. to tell a search failure (the
   truth scores lower than the answer) from a model failure (it scores higher).
@@ -308,12 +311,13 @@ class ConceptInversion:
         greedy_relax: scan the greedy grid with discrete controls relaxed to uniform class
             probabilities (factors that accept them, e.g. networks with attributes), then
             enumerate them at the chosen point: ``grid + M`` evaluations instead of ``grid x M``.
-        relocate: relocation rounds after the descent (continuous scenes with a grid, i.e.
-            bounded priors): each concept observable of the best restart is re-placed at the
-            grid's best point given all the others if that beats its current place, then
-            ``relocate_steps`` optimiser steps (default ``steps // 2``) polish; a round is
-            kept only if the re-scored loss drops.  It moves a concept out of a local
-            minimum (two concepts on one object, one object never visited).
+        relocate: relocation rounds after the descent (continuous scenes whose controls have
+            bounded priors, which lay the grid): each concept observable of the best restart
+            moves to the best of its grid's 4 best points, refined off the grid, if that beats
+            its current place on the shared draws; ``relocate_steps`` optimiser steps
+            (default ``steps // 2``) polish, and the round is kept only if the re-scored loss
+            drops.  It takes concepts out of local minima (two on one object, one object
+            never visited); see the module docstring.
         max_configs: largest all-discrete space enumerated exhaustively.
         sweeps: coordinate-search sweeps over discrete controls at each use during a continuous
             run (an all-discrete search sweeps until nothing changes, at most 10 times).
