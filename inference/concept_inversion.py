@@ -78,6 +78,14 @@ from probcomp.scene import Scene
 __all__ = ["ConceptInversion", "InversionResult"]
 
 
+def _project(params: dict[str, torch.Tensor], boxes: dict[str, tuple | None]) -> None:
+    """Clamp each parameter into its interval support (in place; ``None``: unbounded)."""
+    with torch.no_grad():
+        for n, box in boxes.items():
+            if box is not None:
+                params[n].copy_(torch.maximum(torch.minimum(params[n], box[1]), box[0]))
+
+
 @dataclass
 class InversionResult:
     """Inferred concepts with the record of how they were found.
@@ -651,10 +659,7 @@ class ConceptInversion:
                     self.lr_min + (1 - self.lr_min) * 0.5 * (1 + math.cos(math.pi * step / steps))
                 )
             opt.step()
-            with torch.no_grad():
-                for n, box in boxes.items():
-                    if box is not None:
-                        params[n].copy_(torch.maximum(torch.minimum(params[n], box[1]), box[0]))
+            _project(params, boxes)
             lv = loss.detach().double().cpu()
             traces[alive.nonzero()[:, 0], step] = lv
             since[alive] += lv
@@ -772,10 +777,7 @@ class ConceptInversion:
             for p, g in zip(params.values(), grads, strict=True):
                 p.grad = g
             opt.step()
-            with torch.no_grad():
-                for c, box in boxes.items():
-                    if box is not None:
-                        params[c].copy_(torch.maximum(torch.minimum(params[c], box[1]), box[0]))
+            _project(params, boxes)
         return {**pick, **{c: p.detach() for c, p in params.items()}}
 
     def _relocations(
