@@ -94,7 +94,10 @@ class InversionResult:
     ``restart_concepts`` every restart's final value ``(R, ...)``; ``restart_losses``
     their re-scored losses (NaN for pruned restarts); ``traces`` ``(R, steps)`` the
     per-step loss of each restart (NaN once pruned); ``k_losses`` the minimised loss
-    per ``K`` when ``K`` was chosen.
+    per ``K`` when ``K`` was chosen.  ``stats["relocations"]`` lists the relocation
+    rounds: the observables moved, the re-scored loss, and whether the round was kept (the
+    best restart's entries in ``restart_concepts`` and ``restart_losses`` are then the
+    relocated ones).
     """
 
     concepts: dict[str, torch.Tensor]
@@ -885,5 +888,5 @@ class ConceptInversion:
             base = prob.predict(placed, sub, self.batch, counter, lambda p: p.name in done and p is not o)
             var = prob.predict(full, sub, self.batch, counter, lambda p: p is o)
             loss = prob.error([b + v for b, v in zip(base, var, strict=True)], sub)
-        j = loss.argsort()[: min(top, n)]
+        j = loss.argsort(stable=True)[: min(top, n)]
         return {c: v[j] for c, v in trial.items()}
