@@ -217,8 +217,70 @@ def _frozen(name: str, device: str) -> Any:
     return model
 
 
+def test_set(name: str, n: int, seed: int) -> tuple[torch.Tensor, dict, tuple]:
+    """The first ``n`` test images of setting ``name``: ``(images, labels, background in [-1, 1])``.
+
+    Image ``i`` is drawn from its own generator (seeded by ``seed``, the setting and ``i``),
+    so it is the same image whatever ``n`` is: a run of 8 images is the prefix of a run of
+    100, and a resumed run (``--log``) continues the same test set."""
+    spec = SETTINGS[name]
+    bg = tuple(2 * v - 1 for v in spec["background"])
+    if n == 0:
+        return torch.zeros(0, 3, 32, 32), {"count": torch.zeros(0, dtype=torch.long)}, bg
+    parts = []
+    for i in range(n):
+        gen = torch.Generator().manual_seed((seed + 1 + list(SETTINGS).index(name)) * 1_000_003 + i)
+        parts.append(
+            datasets.blobs(
+                1,
+                gen,
+                num_objects=spec["num_objects"],
+                min_separation=SEPARATION,
+                background=spec["background"],
+            )
+        )
+    lab = {k: torch.cat([p[1][k] for p in parts]) for k in ("count", "color", "xy")}
+    return torch.cat([p[0] for p in parts]), lab, bg
+
+
+LOGGED = ("model", "seed", "steps", "restarts", "grid", "draws", "scan_colours", "relocate")
+LOGGED += ("cnn_steps", "k_range")
+
+
+def fingerprint(args: argparse.Namespace) -> dict:
+    """The settings a logged record depends on; a log is resumed only under the same ones."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k in LOGGED}
+
+
+def read_log(path: Path | None, args: argparse.Namespace) -> dict[tuple[str, int, str], list]:
+    """Records of a ``--log`` file by ``(setting, image, method)``; refuses a log of other settings."""
+    if path is None or not path.exists():
+        return {}
+    want, done = fingerprint(args), {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short when a run was killed
+            print(f"object_discovery: skipping unreadable line {n} of {path}", file=sys.stderr)
+            continue
+        if row["config"] != want:
+            diff = sorted(k for k in set(want) | set(row["config"]) if want.get(k) != row["config"].get(k))
+            raise SystemExit(
+                f"object_discovery: log {path} line {n} was written with other settings ({', '.join(diff)}); "
+                "use another --log file or the same settings"
+            )
+        done[(row["setting"], row["image"], row["method"])] = row["record"]
+    return done
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Per-image records of this shard (images ``i`` with ``i % shards == shard``), unsummarised."""
+    """Per-image records of this shard (images ``i`` with ``i % shards == shard``), unsummarised.
+
+    With ``args.log`` every record is appended to that JSONL file as soon as it exists, and
+    records already there (same settings) are reused instead of recomputed: a run stopped by
+    its time limit or killed keeps what it did, and the same command resumes it."""
     torch.set_num_threads(args.threads)
     dev = args.device
     model = _frozen(args.model, dev)
@@ -234,6 +296,15 @@ def run(args: argparse.Namespace) -> dict:
             init="random", restarts=args.restarts, steps=args.steps, **common
         ),
     }
+    logged = read_log(args.log, args)
+    stamp = fingerprint(args)
+
+    def record(setting: str, i: int, method: str, rec: list) -> None:
+        if args.log is not None:
+            line = {"setting": setting, "image": i, "method": method, "record": rec, "config": stamp}
+            with args.log.open("a") as f:  # one short write per line: shards may share the file
+                f.write(json.dumps(line) + "\n")
+
     records: dict[str, Any] = {"settings": {}}
     cnn = None
     if args.settings and "cnn" in args.methods:
@@ -244,33 +315,27 @@ def run(args: argparse.Namespace) -> dict:
         else:
             cnn, records["cnn_training"] = train_cnn(args.cnn_steps, args.seed)
     shard, shards = args.shard
-    data = {}
+    data = {name: test_set(name, args.images, args.seed) for name in args.settings}
     for name in args.settings:
-        spec = SETTINGS[name]
-        gen = torch.Generator().manual_seed(args.seed + 1 + list(SETTINGS).index(name))
-        x, lab = datasets.blobs(
-            args.images,
-            gen,
-            num_objects=spec["num_objects"],
-            min_separation=SEPARATION,
-            background=spec["background"],
-        )
-        data[name] = (x, lab, tuple(2 * v - 1 for v in spec["background"]))
         records["settings"][name] = {"per_image": {m: [] for m in args.methods}}
-    gen = torch.Generator().manual_seed(args.seed + 1)  # the in-distribution images again
-    count_x, count_lab = datasets.blobs(args.count_images, gen, num_objects=(3, 5), min_separation=SEPARATION)
+    count_x, count_lab, _ = test_set("in-distribution", args.count_images, args.seed)
     counter = ConceptInversion(restarts=1, steps=args.steps, relocate=args.relocate, **greedy, **common)
     records["count"] = []
-    deadline = time.monotonic() + (args.time_limit or float("inf"))
+    deadline = time.monotonic() + (args.time_limit if args.time_limit is not None else float("inf"))
     # images in the outer loop: a run stopped by --time-limit has the same images in every setting
     for i in range(shard, max(args.images, args.count_images), shards):
-        if time.monotonic() > deadline:
-            break
+        keys = [(name, i, m) for name in data if i < args.images for m in args.methods]
+        keys += [("count", i, "count")] if i < args.count_images else []
+        if time.monotonic() > deadline and not all(key in logged for key in keys):
+            continue  # past the time limit only finished images are collected
         for name, (x, lab, bg) in data.items() if i < args.images else ():
             rec = records["settings"][name]["per_image"]
             k = int(lab["count"][i])
             true = lab["xy"][i, :k].numpy()
             for m in args.methods:
+                if (name, i, m) in logged:
+                    rec[m].append(logged[(name, i, m)])
+                    continue
                 t0, nfe, losses = time.perf_counter(), None, None
                 if m in ("ours", "ours-single-start"):
                     scene = concept_scene(x[i], model, k)
@@ -293,10 +358,14 @@ def run(args: argparse.Namespace) -> dict:
                 err = match(pred, true).tolist()
                 pred = np.asarray(pred).round(5).tolist()
                 rec[m].append([i, err, seconds, nfe, pred, losses])
+                record(name, i, m, rec[m][-1])
             if args.verbose:
                 hits = {m: int((np.asarray(v[-1][1]) < HIT_MSE).sum()) for m, v in rec.items()}
                 print(name, i, k, hits, file=sys.stderr, flush=True)
         if i < args.count_images:
+            if ("count", i, "count") in logged:
+                records["count"].append(logged[("count", i, "count")])
+                continue
             k = int(count_lab["count"][i])
             img = count_x[i]
             r = counter.choose_k(
@@ -305,6 +374,7 @@ def run(args: argparse.Namespace) -> dict:
             pred = torch.stack([r[f"xy{j}"] for j in range(r.k)]).cpu().numpy()
             err = match(pred, count_lab["xy"][i, :k].numpy())
             records["count"].append([i, k, r.k, err.tolist(), r.stats["wall_time_all_k"]])
+            record("count", i, "count", records["count"][-1])
     return records
 
 
@@ -460,6 +530,11 @@ def main() -> None:
         type=Path,
         nargs="+",
         help="perception rates from --verbose logs (only images in all of them), then exit",
+    )
+    ap.add_argument(
+        "--log",
+        type=Path,
+        help="JSONL file of per-image records, appended as they finish; records already in it are reused",
     )
     ap.add_argument("--records", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cnn-weights", type=Path, help=argparse.SUPPRESS)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -90,13 +91,37 @@ def test_object_discovery_logs_compare_on_common_images(tmp_path):
 
 
 @pytest.mark.slow
-def test_object_discovery_benchmark_quick():
-    data = _quick("object_discovery.py", "--quick", "--json")
+def test_object_discovery_benchmark_quick(tmp_path):
+    log = tmp_path / "records.jsonl"
+    data = _quick("object_discovery.py", "--quick", "--json", "--log", str(log))
     rows = data["settings"]["in-distribution"]
     assert set(rows) >= {"ours", "ours-single-start", "generative-classifier", "cnn", "detector"}
     assert rows["detector"]["perception_rate"] == 1.0 and data["count"]["images"] == 1
     misses = rows["ours"]["misses"]
     assert misses["search"] + misses["model"] == misses["images"] <= 2
+    # the log resumes the run: with no time left, every record comes back from it unchanged
+    assert len(log.read_text().splitlines()) == 2 * 5 + 1
+    again = _quick("object_discovery.py", "--quick", "--json", "--log", str(log), "--time-limit", "0")
+    assert again["settings"] == data["settings"] and again["count"] == data["count"]
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "object_discovery.py"), "--quick", "--log", str(log), "--draws", "3"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "other settings (draws)" in out.stderr
+
+
+def test_object_discovery_test_set_is_the_same_whatever_its_size():
+    """Image i does not depend on how many images are drawn, so runs of any size share a prefix."""
+    sys.path.insert(0, str(BENCH))
+    from object_discovery import test_set
+
+    x3, lab3, _ = test_set("more-objects", 3, seed=0)
+    _, lab5, bg = test_set("new-background", 5, seed=0)
+    x8, lab8, _ = test_set("more-objects", 8, seed=0)
+    assert torch.equal(x3, x8[:3]) and torch.equal(lab3["xy"], lab8["xy"][:3])
+    assert lab8["count"].min() >= 6 and lab5["count"].max() <= 5 and bg == pytest.approx((-0.4,) * 3)
+    assert not torch.equal(x8[0], x8[1]) and test_set("in-distribution", 0, seed=0)[0].shape[0] == 0
 
 
 @pytest.mark.slow
