@@ -10,10 +10,26 @@ The noisy levels run from ``t_max`` to ``t_min`` (default ``1e-3``) and the last
 goes to 0, returning the denoised estimate ``x0_hat``.  For a product of factors this samples
 the product of the *noised* factors at every level, which is not the noised
 product: the bias that annealed MCMC corrects (notes seed; Du et al. 2023).
+
+``last_step="tweedie"`` ends instead with a draw from the Gaussian of the first two
+moments of ``p(x_0 | x_t)`` at ``t = t_min`` (Tweedie's formula and its second-order
+form, Efron 2011; Boys et al. 2023):
+
+.. math::
+    \mathbb{E}[x_0 \mid x_t] = (x_t + \sigma_t^2 g) / \alpha_t, \qquad
+    \mathrm{Cov}[x_0 \mid x_t] = (\sigma_t / \alpha_t)^2 \big(I + \sigma_t^2 \partial g / \partial x_t\big),
+
+with the Jacobian of the composed score ``g`` taken by central differences (``2 D`` more
+score evaluations per particle, ``D`` the control dimension; so for low-dimensional
+controls).  It is exact when ``p(x_0 | x_t)`` is Gaussian (a Gaussian target, at any
+``t_min``), and it lets a sampler stop at a noise level where learned scores are still
+trustworthy: below it they extrapolate away from their training data (a composed unseen
+attribute combination, issue 7).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,9 +43,11 @@ from probcomp.errors import ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import ReverseStep, check_clip, prepare
+from .steps import Packer, ReverseStep, check_clip, prepare
 
-__all__ = ["ReverseDiffusion"]
+__all__ = ["TWEEDIE_MAX_DIM", "ReverseDiffusion"]
+
+TWEEDIE_MAX_DIM = 256  # last_step="tweedie": 2 x D score evaluations and a D x D eigensolve per particle
 
 
 class ReverseDiffusion:
@@ -45,6 +63,9 @@ class ReverseDiffusion:
         clip_x0: ``(lo, hi)``, the range of the data: each step's denoised estimate is clamped
             to it and the step's eps recomputed from it (:class:`~probcomp.inference.steps.ReverseStep`);
             for image models that predict plain eps (every control lies in that range).
+        last_step: ``"mean"`` (default) returns ``x0_hat`` at ``t_min``; ``"tweedie"`` draws
+            from the Gaussian with Tweedie's mean and covariance there (module docstring;
+            controls of at most ``TWEEDIE_MAX_DIM`` elements per particle).
         group: evaluate observables that share a factor in one batched call.
         dtype, device: of the particles.
         progress: show a tqdm bar over levels.
@@ -63,6 +84,7 @@ class ReverseDiffusion:
         t_max: float = 1.0,
         t_min: float = sched.DEFAULT_T_MIN,
         clip_x0: tuple[float, float] | None = None,
+        last_step: str = "mean",
         group: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -77,6 +99,9 @@ class ReverseDiffusion:
             raise ScheduleError("sampler='ddpm' is eta=1; use sampler='ddim' to choose eta")
         if not 0.0 <= eta <= 1.0:
             raise ScheduleError(f"eta must lie in [0, 1], got {eta}")
+        if last_step not in ("mean", "tweedie"):
+            raise ScheduleError(f"last_step must be 'mean' or 'tweedie', got {last_step!r}")
+        self.last_step = last_step
         self.ts = sched.time_grid(steps, t_max=t_max, t_min=t_min)
         self.steps, self.sampler, self.eta = steps, sampler, float(eta)
         self.schedule = schedule if schedule is not None else sched.linear()
@@ -88,6 +113,15 @@ class ReverseDiffusion:
         """Validate ``scene`` and build its batched target."""
         compiled = CompiledScene(scene, self.schedule, group=self.group)
         compiled.require_value_observables("ReverseDiffusion")
+        if self.last_step == "tweedie":
+            dim = sum(math.prod(shape) for shape in compiled.shapes.values())
+            if dim > TWEEDIE_MAX_DIM:
+                sizes = ", ".join(f"{k!r}: {math.prod(v)}" for k, v in compiled.shapes.items())
+                raise ScheduleError(
+                    f"last_step='tweedie' takes the full Jacobian of the composed score, 2 x D score "
+                    f"evaluations; the controls have D = {dim} elements ({sizes}), more than "
+                    f"TWEEDIE_MAX_DIM = {TWEEDIE_MAX_DIM}; use last_step='mean'"
+                )
         return compiled
 
     def run(
@@ -115,7 +149,10 @@ class ReverseDiffusion:
                 g = compiled.target(x, t, check=False).grad
                 step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta, self.clip_x0)
                 x0 = {k: step.x0(xk, g[k]) for k, xk in x.items()}
-                new = {k: step(xk, g[k], gen) for k, xk in x.items()}
+                if self.last_step == "tweedie" and i == self.steps - 1:
+                    new = self._tweedie(compiled, x, t, g, alpha[i], sigma[i], gen)
+                else:
+                    new = {k: step(xk, g[k], gen) for k, xk in x.items()}
                 sq = sum(gk.reshape(num_samples, -1).square().sum(1) for gk in g.values())
                 grad_norm[i] = sq.sqrt().cpu()
                 if not all(bool(torch.isfinite(v).all()) for v in new.values()):
@@ -134,6 +171,7 @@ class ReverseDiffusion:
             "sampler": self.sampler,
             "eta": self.eta,
             "steps": self.steps,
+            "last_step": self.last_step,
         }
         return Result(
             x,
@@ -142,3 +180,37 @@ class ReverseDiffusion:
             num_chains=num_chains,
             engine=f"{self.name}/{self.sampler}",
         )
+
+    def _tweedie(
+        self,
+        compiled: CompiledScene,
+        x: dict[str, torch.Tensor],
+        t: float,
+        g: dict[str, torch.Tensor],
+        a_t: float,
+        s_t: float,
+        gen: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """A draw from ``N(E[x_0 | x_t], Cov[x_0 | x_t])`` (module docstring), per particle."""
+        pack = Packer({k: v.shape[1:] for k, v in x.items()})
+        flat = pack.pack(x)
+        n, dim = flat.shape
+        h = 1e-2 * s_t  # p_t varies on the scale sigma_t or slower
+        jac = torch.empty(n, dim, dim, dtype=torch.float64, device=flat.device)
+        for j in range(dim):  # column j of dg/dx by central differences
+            e = torch.zeros(dim, dtype=flat.dtype, device=flat.device)
+            e[j] = h
+            up = pack.pack(compiled.target(pack.unpack(flat + e), t, check=False).grad)
+            down = pack.pack(compiled.target(pack.unpack(flat - e), t, check=False).grad)
+            jac[:, :, j] = (up - down).double() / (2 * h)
+        mean = (flat.double() + s_t**2 * pack.pack(g).double()) / a_t
+        eye = torch.eye(dim, dtype=torch.float64, device=flat.device)
+        cov = (s_t / a_t) ** 2 * (eye + s_t**2 * jac)
+        cov = 0.5 * (cov + cov.transpose(1, 2))  # the exact Jacobian of a score is symmetric
+        evals, evecs = torch.linalg.eigh(cov)
+        root = evecs * evals.clamp(min=0.0).sqrt()[:, None, :]  # learned scores can overshoot: PSD part
+        z = torch.randn(n, dim, generator=gen, dtype=torch.float64, device=flat.device)
+        out = (mean + torch.einsum("nij,nj->ni", root, z)).to(flat.dtype)
+        if self.clip_x0 is not None:
+            out = out.clamp(*self.clip_x0)
+        return pack.unpack(out)

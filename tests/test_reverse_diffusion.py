@@ -251,3 +251,30 @@ def test_clip_x0_keeps_samples_in_range_and_is_inert_when_wide(sampler):
     for bad in [(1.0, -1.0), (0.0, 0.0), 3.0]:
         with pytest.raises(pc.ScheduleError, match="clip_x0"):
             ReverseDiffusion(10, clip_x0=bad)
+
+
+def test_tweedie_last_step_is_exact_for_a_gaussian_at_any_stopping_level():
+    """Stopping at ``t_min = 0.5``: the plain last step returns the posterior mean (too narrow);
+    the Tweedie step draws from ``N(E[x0|x_t], Cov[x0|x_t])``, exact for a Gaussian target."""
+    sc = _scene(Gaussian(M1, C1), 2)
+    exact = {"mean": M1.float(), "cov": C1.float()}
+    for last, ok in (("tweedie", True), ("mean", False)):
+        res = ReverseDiffusion(steps=100, t_min=0.5, last_step=last).run(sc, 20_000, seed=0)
+        x = res["x"]
+        cov = torch.cov(x.T)
+        assert res.stats["last_step"] == last
+        torch.testing.assert_close(x.mean(0), exact["mean"], atol=0.03, rtol=0)
+        close = torch.allclose(cov, exact["cov"], atol=0.03)
+        assert close == ok, (last, cov)
+    # the Jacobian costs 2 D score evaluations per particle at the last level
+    assert res.stats["nfe_total"] == 100
+    tw = ReverseDiffusion(steps=100, t_min=0.5, last_step="tweedie").run(sc, 10, seed=0)
+    assert tw.stats["nfe_total"] == 100 + 2 * 2
+
+
+def test_tweedie_last_step_rejects_bad_arguments_and_large_controls():
+    with pytest.raises(pc.ScheduleError, match="last_step"):
+        ReverseDiffusion(last_step="mode")
+    big = _scene(Gaussian(torch.zeros(300), 1.0), 300)
+    with pytest.raises(pc.ScheduleError, match=r"D = 300 elements \('x': 300\)"):
+        ReverseDiffusion(steps=5, last_step="tweedie").run(big, 2)
