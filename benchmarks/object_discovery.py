@@ -45,12 +45,18 @@ run's own draws, a *model* miss otherwise.  With ``--count-images N`` the first 
 also inverted with ``K`` unknown in ``--k-range`` (default [2, 6]; Eq. 5.9): count accuracy and the perception
 rate at the chosen ``K``.
 
-Full run (one CPU thread: about a minute per in-distribution image for ``ours`` at the
-default settings, so 100 images per setting take hours; ``--workers N`` runs N shards as
-parallel processes, ``--device cuda`` runs the networks on a GPU, and ``--time-limit``
-stops starting new images, every setting keeping the same images)::
+Test images: image ``i`` of a setting is drawn from its own seed (:func:`test_set`), so
+the first ``n`` images are the same whatever ``--images`` is.
 
-    python benchmarks/object_discovery.py --json --out benchmarks/results/object_discovery.json
+Full run (one CPU thread: 20-60 s per image for ``ours`` at the default settings, so 100
+images per setting take hours; ``--workers N`` runs N shards as parallel processes,
+``--device cuda`` runs the networks on a GPU, and ``--time-limit`` stops starting new
+images, every setting keeping the same images).  ``--log FILE`` appends every per-image
+record to a JSONL file as it is made and reuses the records already there, so a run that
+was stopped or killed resumes where it was, and ``--time-limit 0`` summarises a log::
+
+    python benchmarks/object_discovery.py --workers 2 --log benchmarks/results/object_discovery_full.jsonl \
+        --json --out benchmarks/results/object_discovery_full.json
     python benchmarks/object_discovery.py --device cuda --workers 10 --count-images 40 --json
 
 Smoke test (2 images, tiny settings)::

@@ -129,8 +129,10 @@ def test_coind_benchmark_quick():
     data = _quick("coind.py", "--quick", "--json")
     row = data["models"]["lam=10"]
     assert 0.0 <= row["jsd_bits"] <= 1.0 and set(row) >= {"marginals", "joints"}
-    assert set(row["joints"]) == {"x0_hat", "ddpm", "annealed-ula"}
+    assert set(row["joints"]) == {"x0_hat", "ddpm", "annealed-ula", "tweedie@0.3"}
     assert 0.0 <= row["joints"]["ddpm"]["in_3sigma"] <= 1.0
+    assert isinstance(row["joints"]["tweedie@0.3"]["goal"], bool)
+    assert row["joints"]["tweedie@0.3"]["nfe"] > row["joints"]["ddpm"]["nfe"] * 0.4
     assert data["best"]["composition"] in ("marginals", "joints")
 
 
