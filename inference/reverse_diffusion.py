@@ -65,7 +65,8 @@ class ReverseDiffusion:
             for image models that predict plain eps (every control lies in that range).
         last_step: ``"mean"`` (default) returns ``x0_hat`` at ``t_min``; ``"tweedie"`` draws
             from the Gaussian with Tweedie's mean and covariance there (module docstring;
-            controls of at most ``TWEEDIE_MAX_DIM`` elements per particle).
+            controls of at most ``TWEEDIE_MAX_DIM`` elements per particle; with ``clip_x0``
+            the draw is clamped to the range).
         group: evaluate observables that share a factor in one batched call.
         dtype, device: of the particles.
         progress: show a tqdm bar over levels.
