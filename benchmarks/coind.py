@@ -206,16 +206,16 @@ def run(args: argparse.Namespace) -> dict:
                 row[composition][sampler] = {**sample_metrics(x), **cost}
         out["models"][name] = row
         print(name, json.dumps(row), file=sys.stderr, flush=True)
-    best = max(
+    best = max(  # the goal first, then the share within 3 sigma
         (
-            (m, c, s, r[c][s]["in_3sigma"])
+            (m, c, s, r[c][s]["goal"], r[c][s]["in_3sigma"])
             for m, r in out["models"].items()
             for c in args.compositions
             for s in args.samplers
         ),
-        key=lambda v: v[3],
+        key=lambda v: (v[3], v[4]),
     )
-    out["best"] = dict(zip(("model", "composition", "sampler", "in_3sigma"), best, strict=True))
+    out["best"] = dict(zip(("model", "composition", "sampler", "goal", "in_3sigma"), best, strict=True))
     return out
 
 
