@@ -27,6 +27,10 @@ Metrics:
   within 3 sigma and each axis's overall std within 25% of 0.2;
 * ``x0_hat`` -- the composed denoiser's mean estimate at points of the exact unseen
   cluster, per noise level (exact: (1, 1)): where the learned scores go wrong;
+* ``x0_hat_along_chain`` (DDPM rows) -- the particles' mean ``x0_hat`` at levels of the
+  reverse chain.  It needs no answer: for exact scores it is the same at every level
+  (``E[E[x0 | x_t]] = E[x0]``), so where it starts to drift the scores stop being
+  trustworthy, and that is where a ``tweedie@T`` sampler should stop;
 * ``conformity`` -- the share of samples that the Bayes classifier of the *full-support*
   data (all four combinations, equal weights; exact, so no classifier training) assigns to
   (+1, +1) (the seed's CS, Eq. 18, with an exact classifier);
@@ -92,6 +96,7 @@ def train_model(lam: float, steps: int, cache: Path, seed: int, sigma_data: floa
 
 
 COMPOSITIONS = {"marginals": None, "joints": {"c1": 0, "c2": 0}}
+CHAIN_LEVELS = (0.9, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)
 
 
 def sample(
@@ -100,14 +105,23 @@ def sample(
     factor = compose.attributes(model, {"c1": 1, "c2": 1}, reference=COMPOSITIONS[composition])
     scene = pc.Scene()
     scene.observe("y", scene.control("x", (2,)), factor=factor)
+    drift: dict[str, list[float]] = {}
+
+    def along(d: dict) -> None:  # the particles' mean x0_hat at a few levels of the chain
+        t = float(d["t"])
+        for u in CHAIN_LEVELS:
+            if f"t={u:g}" not in drift and t <= u:
+                drift[f"t={u:g}"] = [round(float(v), 3) for v in d["x0_hat"]["x"].mean(0)]
+
     if sampler == "ddpm":
-        res = ReverseDiffusion(steps=2 * levels).run(scene, n, seed=seed)
+        res = ReverseDiffusion(steps=2 * levels, callback=along).run(scene, n, seed=seed)
     elif sampler.startswith("tweedie@"):  # DDPM stopped at t_min, then Tweedie's Gaussian
         stop = float(sampler.split("@")[1])
         res = ReverseDiffusion(steps=2 * levels, t_min=stop, last_step="tweedie").run(scene, n, seed=seed)
     else:
         res = AnnealedMCMC(sampler.split("-")[1], 10, levels).run(scene, n, seed=seed)
-    return res["x"], {"nfe": res.stats["nfe_total"], "seconds": round(res.stats["wall_time"], 2)}
+    cost = {"nfe": res.stats["nfe_total"], "seconds": round(res.stats["wall_time"], 2)}
+    return res["x"], {**cost, **({"x0_hat_along_chain": drift} if drift else {})}
 
 
 def sample_metrics(x: torch.Tensor) -> dict:

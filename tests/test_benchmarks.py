@@ -132,6 +132,8 @@ def test_coind_benchmark_quick():
     assert set(row["joints"]) == {"x0_hat", "ddpm", "annealed-ula", "tweedie@0.3"}
     assert 0.0 <= row["joints"]["ddpm"]["in_3sigma"] <= 1.0
     assert isinstance(row["joints"]["tweedie@0.3"]["goal"], bool)
+    chain = row["joints"]["ddpm"]["x0_hat_along_chain"]
+    assert len(chain) == 9 and len(chain["t=0.3"]) == 2
     assert row["joints"]["tweedie@0.3"]["nfe"] > row["joints"]["ddpm"]["nfe"] * 0.4
     assert data["best"]["composition"] in ("marginals", "joints")
 
