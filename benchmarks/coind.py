@@ -145,23 +145,7 @@ def jsd_bits(model: Any, n: int, seed: int) -> float:
     """Mean JSD (bits) between the implicit joint posterior and the product of marginals (App. A.1)."""
     g = torch.Generator().manual_seed(seed)
     x, _ = datasets.coind_toy(n, g)
-    d = 5
-    t = 0.3 + 0.3 * torch.rand(d, generator=g, dtype=torch.float64)
-    eps = torch.randn(d, 2, generator=g)
-    a, s = model.schedule.alpha(t).float(), model.schedule.sigma(t).float()
-    xt = a[None, :, None] * x[:, None, :] + s[None, :, None] * eps[None]  # (n, d, 2)
-    flat, tt = xt.reshape(-1, 2), t.repeat(n)
-
-    def loss(cond: dict[str, int]) -> torch.Tensor:
-        c = {k: torch.full((flat.shape[0],), v) for k, v in cond.items()}
-        with torch.no_grad():
-            e = model.eps_given(flat, tt, c).reshape(n, d, 2)
-        return (eps[None] - e).square().sum(-1).mean(1)  # (n,)
-
-    joint = torch.stack([loss({"c1": a_, "c2": b_}) for a_ in (0, 1) for b_ in (0, 1)], 1)
-    first = torch.stack([loss({"c1": v}) for v in (0, 1)], 1)
-    second = torch.stack([loss({"c2": v}) for v in (0, 1)], 1)
-    return coind_shapes.implicit_jsd_bits(joint, first, second)
+    return round(pc.metrics.ci_violation(model, x, generator=g)["mean"], 5)
 
 
 def x0_error(model: Any, composition: str, seed: int, n: int = 256) -> dict[str, list[float]]:

@@ -126,46 +126,11 @@ def train_classifier(steps: int, seed: int, size: int) -> tuple[Classifier, dict
     }
 
 
-def implicit_jsd_bits(joint: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> float:
-    """Mean JSD (bits) between the implicit joint posterior and the product of its marginals (Eq. 17).
-
-    ``joint`` ``(n, A * B)`` holds the denoising losses of every combination (first
-    attribute major), ``first`` ``(n, A)`` and ``second`` ``(n, B)`` those of each
-    attribute alone; each posterior is the softmax of minus the losses (Eqs. 14-15).
-    """
-    p_joint = torch.softmax(-joint, 1)
-    p1, p2 = torch.softmax(-first, 1), torch.softmax(-second, 1)
-    p_prod = (p1[:, :, None] * p2[:, None, :]).reshape(joint.shape)
-    m = 0.5 * (p_joint + p_prod)
-
-    def kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        return (p * (p.clamp_min(1e-30).log2() - q.clamp_min(1e-30).log2())).sum(1)
-
-    return round(float((0.5 * kl(p_joint, m) + 0.5 * kl(p_prod, m)).mean()), 5)
-
-
 def jsd_bits(model: Any, n: int, seed: int, size: int, draws: int = 5) -> float:
     """Mean JSD (bits) between the implicit joint posterior and the product of its marginals."""
     g = torch.Generator().manual_seed(seed + 3)
     x, _ = datasets.shapes(n, g, size=size)
-    t = 0.3 + 0.3 * torch.rand(draws, generator=g, dtype=torch.float64)
-    eps = torch.randn(draws, *x.shape[1:], generator=g)
-    a, s = model.schedule.alpha(t).float(), model.schedule.sigma(t).float()
-
-    def loss(cond: dict[str, int]) -> torch.Tensor:
-        total = torch.zeros(n)
-        for d in range(draws):
-            xt = a[d] * x + s[d] * eps[d]
-            c = {k: torch.full((n,), v) for k, v in cond.items()}
-            with torch.no_grad():
-                e = model.eps_given(xt, float(t[d]), c)
-            total += (eps[d] - e).square().flatten(1).sum(1) / draws
-        return total
-
-    joint = torch.stack([loss({"shape": a_, "color": b_}) for a_ in range(3) for b_ in range(3)], 1)
-    first = torch.stack([loss({"shape": v}) for v in range(3)], 1)
-    second = torch.stack([loss({"color": v}) for v in range(3)], 1)
-    return implicit_jsd_bits(joint, first, second)
+    return round(pc.metrics.ci_violation(model, x, draws=draws, generator=g)["mean"], 5)
 
 
 def factor_for(model: Any, how: str, shape: int, color: int) -> Any:

@@ -160,8 +160,18 @@ def test_attribute_inference_benchmark_quick():
 def test_length_generalisation_benchmark_quick():
     data = _quick("length_generalisation.py", "--quick", "--json")
     assert set(data["results"]) == {
-        f"{b}/ddpm" for b in ("empty", "empty-learned", "empty-precond", "bayes", "clutter")
+        f"{b}/ddpm"
+        for b in (
+            "empty",
+            "empty-learned",
+            "empty-precond",
+            "bayes",
+            "clutter",
+            "empty-masked",
+            "empty-learned-masked",
+        )
     }
+    assert data["config"]["mask_radius_px"] == 8.0
     assert set(data["results"]["empty/ddpm"]["per_k"]) == {"1", "3"}
 
 

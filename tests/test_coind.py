@@ -121,3 +121,29 @@ def test_joint_composition_errors_name_the_attribute():
         compose.attributes(model, {"c1": 1, "c2": 1}, reference={"c1": 0})
     with pytest.raises(FactorError, match=r"no attribute\(s\) \['shape'\] \(in reference\)"):
         compose.attributes(model, {"c1": 1}, reference={"c1": 0, "shape": 1})
+
+
+def test_ci_violation_is_zero_for_independent_attributes_and_names_bad_input():
+    """COIND App. A.1, Eq. 17 on exact denoisers: additive losses give a product posterior exactly."""
+    g = torch.Generator().manual_seed(1)
+    x = COMBOS[torch.randint(4, (300,), generator=g)] + 0.2 * torch.randn(
+        300, 2, generator=g, dtype=torch.float64
+    )
+
+    def violation(w):
+        model = NetworkFactor(AnalyticAttributeModel(w), (2,), SCHED, name="exact")
+        return pc.metrics.ci_violation(model, x, generator=torch.Generator().manual_seed(0))
+
+    independent = violation(torch.tensor([0.3 * 0.6, 0.3 * 0.4, 0.7 * 0.6, 0.7 * 0.4]))
+    held_out = violation(torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert set(independent) == {"c1,c2", "mean"} and independent["mean"] < 1e-9
+    assert 1e-3 < held_out["mean"] <= 1.0  # 0.0126 bits: the exact model of partial-support data
+    model = NetworkFactor(AnalyticAttributeModel(torch.ones(4)), (2,), SCHED, name="exact")
+    with pytest.raises(FactorError, match="at least two discrete attributes"):
+        pc.metrics.ci_violation(model, x, {"c1": 2})
+    with pytest.raises(FactorError, match=r"model 'exact' has no attribute\(s\) \['c3'\]"):
+        pc.metrics.ci_violation(model, x, {"c1": 2, "c3": 2})
+    with pytest.raises(pc.ShapeError, match=r"points of shape \(300, 1\)"):
+        pc.metrics.ci_violation(model, x[:, :1])
+    with pytest.raises(FactorError, match="t_range"):
+        pc.metrics.ci_violation(model, x, t_range=(0.0, 0.5))

@@ -83,3 +83,64 @@ def test_operator_errors(abc):
         compose.product(a, ScoreOnly((2,), name="so")).energy(torch.zeros(1, 2), 0.1)
     with pytest.raises(pc.FactorError, match="at least one factor"):
         compose.projective(background=a)
+
+
+def test_masked_projective_is_eq6_when_the_conditionals_factorise(gen):
+    """Bradley et al. Def. 5.2: deltas already vanish off their masks, so masking removes nothing."""
+    eye = torch.eye(5, dtype=torch.float64)
+    fs = [Gaussian(eye[i], 0.1, name=f"p{i}") for i in (0, 2, 4)]
+    pb = Gaussian(torch.zeros(5, dtype=torch.float64), 0.1, name="empty")
+    masked = compose.projective(*fs, background=pb, masks=[eye[i] for i in (0, 2, 4)])
+    plain = compose.projective(*fs, background=pb)
+    assert isinstance(masked, compose.MaskedProjective) and not masked.has_energy and masked.cost == 4
+    y = torch.randn(16, 5, generator=gen, dtype=torch.float64)
+    for t in (0.05, 0.4, 0.9):
+        torch.testing.assert_close(masked.score(y, t), plain.score(y, t), atol=1e-10, rtol=0)
+
+
+def test_masked_projective_keeps_each_delta_on_its_mask(gen):
+    """Per-particle masks pick, coordinate by coordinate, one factor's score or the background's."""
+    a, b, bg = (Gaussian(torch.randn(4, generator=gen, dtype=torch.float64), 0.3, name=n) for n in "abz")
+    m_a = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 0]], dtype=torch.float64)  # one mask per particle
+    m_b = torch.tensor([[0.0, 1, 0, 0], [0, 0, 0, 0.5]], dtype=torch.float64)
+    comp = compose.projective(a, b, background=bg, masks=[m_a, m_b])
+    y = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    s_a, s_b, s_z = a.score(y, 0.3), b.score(y, 0.3), bg.score(y, 0.3)
+    torch.testing.assert_close(comp.score(y, 0.3), s_z + m_a * (s_a - s_z) + m_b * (s_b - s_z))
+    # a stacked batch of the same particle set (two groups of 2) reuses the masks
+    torch.testing.assert_close(comp.score(y.repeat(2, 1), 0.3), comp.score(y, 0.3).repeat(2, 1))
+    with pytest.raises(pc.ShapeError, match="one mask per particle for 2 particles, but is evaluated on 3"):
+        comp.score(torch.zeros(3, 4, dtype=torch.float64), 0.3)
+
+
+def test_masked_projective_errors(abc):
+    a, b, c = abc
+    with pytest.raises(pc.FactorError, match="2 factors but 1 masks"):
+        compose.projective(a, b, background=c, masks=[torch.ones(2)])
+    with pytest.raises(pc.FactorError, match="mask of factor 'b' has shape \\(3,\\)"):
+        compose.projective(a, b, background=c, masks=[torch.tensor([1.0, 0.0]), torch.ones(3)])
+    with pytest.raises(pc.FactorError, match="mask of factor 'a' must hold values in \\[0, 1\\]"):
+        compose.projective(a, b, background=c, masks=[torch.tensor([2.0, 0.0]), torch.zeros(2)])
+    with pytest.raises(pc.FactorError, match="mask of factor 'a' must hold values"):
+        compose.projective(a, b, background=c, masks=[torch.tensor([float("nan"), 0.0]), torch.zeros(2)])
+    with pytest.raises(pc.FactorError, match=r"masks of factors \['a', 'b'\] overlap"):
+        compose.projective(a, b, background=c, masks=[torch.tensor([1.0, 0.0]), torch.tensor([0.5, 1.0])])
+    with pytest.raises(pc.FactorError, match="different numbers of particles \\[2, 3\\]"):
+        compose.projective(a, b, background=c, masks=[torch.zeros(2, 2), torch.zeros(3, 2)])
+    with pytest.raises(pc.FactorError, match="event shape"):
+        compose.projective(a, Gaussian(torch.zeros(3), 1.0), background=c, masks=[torch.ones(2)] * 2)
+
+
+def test_location_masks_are_disjoint_cells_cut_to_a_disc():
+    xy = torch.tensor([[[0.25, 0.5], [0.75, 0.5]], [[0.5, 0.5], [0.6, 0.5]]])
+    m1, m2 = compose.location_masks(xy, size=16, radius=3.0)
+    assert m1.shape == m2.shape == (2, 1, 16, 16)
+    assert float((m1 + m2).max()) == 1.0  # disjoint
+    # far apart: two discs of radius 3 px (32 pixel centres each: 8 per quadrant on this grid)
+    assert int(m1[0].sum()) == int(m2[0].sum()) == 32
+    # 1.6 px apart: the cells split at the bisector, each a half disc or less
+    assert int(m1[1].sum()) + int(m2[1].sum()) < 2 * 32 and bool(m1[1, 0, 8, 7]) and bool(m2[1, 0, 8, 10])
+    with pytest.raises(pc.FactorError, match="xy must have shape \\(N, K, 2\\)"):
+        compose.location_masks(torch.zeros(3, 2), size=16, radius=3.0)
+    with pytest.raises(pc.FactorError, match="radius must be positive"):
+        compose.location_masks(xy, size=16, radius=0.0)

@@ -149,6 +149,32 @@ def test_projective_with_bayes_background_collapses_to_one_over_n():
     assert torch.all(xs[:, [1, 3, 5]].mean(0).abs() < 0.05)
 
 
+def test_masked_projective_removes_leaks_that_eq6_adds_up():
+    """Conditionals that break Def. 5.2: each ``p_i`` also shifts every other coordinate by 0.2.
+
+    Eq. 6 adds the four leaks (means 1.6 on the composed coordinates, 0.8 elsewhere).  With
+    the masks ``M_i = {i}`` each coordinate follows one factor; for these diagonal Gaussians
+    that is, at every noise level, the noised score of the projective composition
+    ``N(target, 0.05^2 I)`` itself, so the chain is the exact target's chain.
+    """
+    eye = torch.eye(7, dtype=torch.float64)
+    leaky = [Gaussian(eye[i] + 0.2 * (1 - eye[i]), 0.05, name=f"p{i}") for i in (0, 2, 4, 6)]
+    pb = Gaussian(torch.zeros(7), 0.05, name="empty")
+    target = torch.tensor([1, 0, 1, 0, 1, 0, 1.0])
+    exact = Gaussian(target, 0.05, name="exact")
+    eng = ReverseDiffusion(steps=100)
+    plain = eng.run(_scene(pc.compose.projective(*leaky, background=pb), 7), 2000, seed=0)["x"]
+    leak = torch.tensor([0.6, 0.8, 0.6, 0.8, 0.6, 0.8, 0.6])
+    torch.testing.assert_close(plain.mean(0), target + leak, atol=0.02, rtol=0)
+    comp = pc.compose.projective(*leaky, background=pb, masks=[eye[i] for i in (0, 2, 4, 6)])
+    y = torch.randn(32, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for t in (0.02, 0.3, 0.8):
+        torch.testing.assert_close(comp.score(y, t), exact.score(y, t), atol=1e-9, rtol=1e-9)
+    xs = eng.run(_scene(comp, 7), 2000, seed=0)["x"]
+    torch.testing.assert_close(xs, eng.run(_scene(exact, 7), 2000, seed=0)["x"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(xs.mean(0), target, atol=0.01, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------
 # 3. Theorem 5.3 / Lemma 7.1 / Lemma 7.2 (four-mode construction of App. J).
 # ---------------------------------------------------------------------------------------
