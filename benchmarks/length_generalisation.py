@@ -26,7 +26,11 @@ places -- the model never saw two objects together.  Backgrounds:
   imposed (:class:`~probcomp.compose.MaskedProjective`): object ``k``'s score delta is
   kept only on the pixels nearer to its centre than to any other and within
   ``--mask-radius`` px (:func:`~probcomp.compose.location_masks`; default 8 px, about three
-  blob radii), and the background's score alone acts elsewhere.
+  blob radii), and the background's score alone acts elsewhere;
+* ``empty-masked-filled``, ``empty-learned-masked-filled`` -- the same, and each object
+  model also *sees* the noised empty image ``alpha_t (-1) + sigma_t z`` off its mask
+  instead of the other objects (``fill=``; exact under Def. 5.2, and the networks' inputs
+  stay in their training distribution).
 
 Engines: ``ddpm`` (:class:`~probcomp.inference.ReverseDiffusion`, 100 steps), ``ddpm-clip``
 (the same with every denoised estimate clamped to the data's range [-1, 1], ``clip_x0``) and
@@ -76,13 +80,15 @@ BACKGROUNDS = (
     "clutter",
     "empty-masked",
     "empty-learned-masked",
+    "empty-masked-filled",
+    "empty-learned-masked-filled",
 )
 MASK_RADIUS = 8.0
 
 
 def models_for(background: str, device: str) -> tuple[Any, Any]:
     """``(object model, background factor)`` of one composition variant (module docstring)."""
-    background = background.removesuffix("-masked")
+    background = background.removesuffix("-filled").removesuffix("-masked")
     if background == "clutter":
         model = pc.models.load("blob-clutter").to(device)
         return model, model
@@ -107,20 +113,23 @@ def generate(
     seed: int,
     device: str,
     mask_radius: float | None = None,
+    filled: bool = False,
 ):
     """Images with the requested objects (``xy`` ``(n, K, 2)``, ``color`` ``(n, K)``).
 
-    With ``mask_radius`` each object's score delta is confined to its location mask.
+    With ``mask_radius`` each object's score delta is confined to its location mask; with
+    ``filled`` each object model sees the noised empty image off its mask.
     """
     k = xy.shape[1]
     masks = None if mask_radius is None else compose.location_masks(xy, 32, mask_radius)
+    fill = torch.full((3, 32, 32), -1.0) if filled else None
     xy, color = xy.to(device), color.to(device)
     objects = [model.condition(xy=xy[:, j], color=color[:, j]) for j in range(k)]
     scene = pc.Scene()
     scene.observe(
         "image",
         scene.control("x", (3, 32, 32)),
-        factor=compose.projective(*objects, background=bg, masks=masks),
+        factor=compose.projective(*objects, background=bg, masks=masks, fill=fill),
     )
     n = xy.shape[0]
     if engine in ("ddpm", "ddpm-clip"):
@@ -148,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     for bg_name in args.backgrounds:
         model, bg = models_for(bg_name, args.device)
-        radius = args.mask_radius if bg_name.endswith("-masked") else None
+        radius = args.mask_radius if "-masked" in bg_name else None
         for engine in args.engines:
             rows, t0, nfe = {}, time.perf_counter(), 0
             for k in args.ks:

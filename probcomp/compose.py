@@ -38,7 +38,7 @@ import torch
 
 from . import schedules as sched
 from .errors import FactorError, ShapeError
-from .factors.base import ScoreFactor, check_event
+from .factors.base import ScoreFactor, as_time, check_event
 
 __all__ = [
     "Composite",
@@ -186,17 +186,21 @@ def projective(
     *factors: ScoreFactor,
     background: ScoreFactor,
     masks: Sequence[torch.Tensor] | None = None,
+    fill: torch.Tensor | None = None,
     name: str = "projective",
 ) -> Composite | MaskedProjective:
     """Bradley et al. Def. 5.1: ``C[p_b, p_1..p_k] ∝ p_b prod_i p_i / p_b`` (score Eq. 6).
 
     With ``masks`` (one per factor, see :class:`MaskedProjective`) each factor's score
-    delta ``s_i - s_b`` is kept on its own coordinates only.
+    delta ``s_i - s_b`` is kept on its own coordinates only; with ``fill`` as well (a
+    background sample), each factor sees the noised background outside its mask.
     """
     if not factors:
         raise FactorError("projective composition needs at least one factor besides the background")
     if masks is not None:
-        return MaskedProjective(factors, background, masks, name=name)
+        return MaskedProjective(factors, background, masks, fill=fill, name=name)
+    if fill is not None:
+        raise FactorError(f"{name}: fill= replaces each factor's input outside its mask; it needs masks=")
     return Composite([background, *factors], [1.0 - len(factors)] + [1.0] * len(factors), name=name)
 
 
@@ -218,6 +222,19 @@ class MaskedProjective(ScoreFactor):
     particle; where they overlap their sum may not exceed 1 (the background's weight
     ``1 - sum_i m_i`` stays in [0, 1]).  The masked field is not a gradient in general, so
     this factor has a score and no energy (samplers that need no energy run it).
+
+    **Inputs** (``fill``).  Under Def. 5.2, ``p_i^t(x) = p_i^t(x|M_i) p_b^t(x|M_i^c)``, so
+    ``s_i`` on ``M_i`` depends on ``x|M_i`` only and may be evaluated at any completion of
+    it.  A learned ``p_i`` was trained with background outside ``M_i``; in a composed
+    state it sees the other objects there instead, and its prediction on ``M_i`` drifts
+    (colours and positions, for many objects).  With ``fill``, a draw ``x_b`` from the
+    background at ``t = 0`` (say, the empty image), factor ``i`` is evaluated at
+
+    .. math:: \tilde x_i = m_i \odot x + (1 - m_i) \odot (\alpha_t x_b + \sigma_t z),
+
+    a draw of the noised background outside its mask (``z`` a fixed standard normal, drawn
+    once per particle count from ``fill_seed``, so the field is deterministic).  Exact when
+    Def. 5.2 holds, and it keeps every network's input in its training distribution.
     """
 
     def __init__(
@@ -226,10 +243,23 @@ class MaskedProjective(ScoreFactor):
         background: ScoreFactor,
         masks: Sequence[torch.Tensor],
         *,
+        fill: torch.Tensor | None = None,
+        fill_seed: int = 0,
         name: str = "projective",
     ) -> None:
         factors = list(factors)
         shape = _check_same_event([background, *factors], name)
+        if fill is not None:
+            fill = torch.as_tensor(fill, dtype=torch.float32)
+            try:
+                torch.broadcast_shapes(fill.shape, (1, *shape))
+            except RuntimeError:
+                raise FactorError(
+                    f"{name}: fill has shape {tuple(fill.shape)}; it must broadcast to the event shape "
+                    f"{tuple(shape)}, optionally with a leading axis of one background sample per particle"
+                ) from None
+            if fill.ndim > len(shape) + 1 or not bool(torch.isfinite(fill).all()):
+                raise FactorError(f"{name}: fill must be a finite background sample of shape {tuple(shape)}")
         masks = list(masks)
         if len(masks) != len(factors):
             raise FactorError(f"{name}: {len(factors)} factors but {len(masks)} masks")
@@ -249,6 +279,8 @@ class MaskedProjective(ScoreFactor):
             )
         super().__init__(shape, background.schedule, name)
         self.background, self.factors, self.masks = background, factors, checked
+        self.fill, self.fill_seed = fill, int(fill_seed)
+        self._noise: dict[tuple[Any, ...], torch.Tensor] = {}
 
     @staticmethod
     def _check_mask(m: Any, f: ScoreFactor, shape: torch.Size, name: str) -> torch.Tensor:
@@ -273,24 +305,45 @@ class MaskedProjective(ScoreFactor):
     def cost(self) -> int:  # type: ignore[override]
         return self.background.cost + sum(f.cost for f in self.factors)
 
-    def _mask_for(self, m: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _per_particle(self, v: torch.Tensor, y: torch.Tensor, what: str = "mask") -> torch.Tensor:
+        """``v`` (a mask or fill with a leading particle axis of 1 or ``n``) for the batch ``y``."""
         n = y.shape[0]
-        if m.shape[0] not in (1, n):
-            if n % m.shape[0]:
+        if v.shape[0] not in (1, n):
+            if n % v.shape[0]:
                 raise ShapeError(
-                    f"factor {self.name!r} holds one mask per particle for {m.shape[0]} particles, "
+                    f"factor {self.name!r} holds one {what} per particle for {v.shape[0]} particles, "
                     f"but is evaluated on {n}"
                 )
-            m = m.repeat(n // m.shape[0], *([1] * (m.ndim - 1)))  # a batch of stacked particle sets
-        return m.to(dtype=y.dtype, device=y.device)
+            v = v.repeat(n // v.shape[0], *([1] * (v.ndim - 1)))  # a batch of stacked particle sets
+        return v.to(dtype=y.dtype, device=y.device)
+
+    def _filled(self, y: torch.Tensor, t: Any) -> torch.Tensor:
+        """``alpha_t x_b + sigma_t z``: the noised background sample the factors see off their masks."""
+        assert self.fill is not None
+        n, key = y.shape[0], (y.shape[0], y.device, y.dtype)
+        if key not in self._noise:
+            g = torch.Generator().manual_seed(self.fill_seed)
+            z = torch.randn((n, *self.event_shape), generator=g)
+            self._noise[key] = z.to(dtype=y.dtype, device=y.device)
+        tt = as_time(t, y)
+        shape = (-1, *([1] * len(self.event_shape)))
+        alpha = self.schedule.alpha(tt).reshape(shape).to(dtype=y.dtype, device=y.device)
+        sigma = self.schedule.sigma(tt).reshape(shape).to(dtype=y.dtype, device=y.device)
+        fill = (
+            self.fill if self.fill.ndim == len(self.event_shape) else self._per_particle(self.fill, y, "fill")
+        )
+        return alpha * fill.to(dtype=y.dtype, device=y.device) + sigma * self._noise[key]
 
     def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         check_event(y, self.event_shape, f"factor {self.name!r}")
         s_b = self.background.score(y, sched.match(t, self.schedule, self.background.schedule))
+        outside = None if self.fill is None else self._filled(y, t)
         out = s_b
         for f, m in zip(self.factors, self.masks, strict=True):
-            delta = f.score(y, sched.match(t, self.schedule, f.schedule)) - s_b
-            out = out + self._mask_for(m, y) * delta
+            m = self._per_particle(m, y)
+            y_f = y if outside is None else m * y + (1 - m) * outside
+            delta = f.score(y_f, sched.match(t, self.schedule, f.schedule)) - s_b
+            out = out + m * delta
         return out
 
 

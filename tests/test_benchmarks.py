@@ -169,6 +169,8 @@ def test_length_generalisation_benchmark_quick():
             "clutter",
             "empty-masked",
             "empty-learned-masked",
+            "empty-masked-filled",
+            "empty-learned-masked-filled",
         )
     }
     assert data["config"]["mask_radius_px"] == 8.0

@@ -94,8 +94,10 @@ def test_masked_projective_is_eq6_when_the_conditionals_factorise(gen):
     plain = compose.projective(*fs, background=pb)
     assert isinstance(masked, compose.MaskedProjective) and not masked.has_energy and masked.cost == 4
     y = torch.randn(16, 5, generator=gen, dtype=torch.float64)
+    filled = compose.projective(*fs, background=pb, masks=[eye[i] for i in (0, 2, 4)], fill=torch.zeros(5))
     for t in (0.05, 0.4, 0.9):
         torch.testing.assert_close(masked.score(y, t), plain.score(y, t), atol=1e-10, rtol=0)
+        torch.testing.assert_close(filled.score(y, t), plain.score(y, t), atol=1e-10, rtol=0)
 
 
 def test_masked_projective_keeps_each_delta_on_its_mask(gen):
@@ -111,6 +113,24 @@ def test_masked_projective_keeps_each_delta_on_its_mask(gen):
     torch.testing.assert_close(comp.score(y.repeat(2, 1), 0.3), comp.score(y, 0.3).repeat(2, 1))
     with pytest.raises(pc.ShapeError, match="one mask per particle for 2 particles, but is evaluated on 3"):
         comp.score(torch.zeros(3, 4, dtype=torch.float64), 0.3)
+
+
+def test_filled_inputs_make_each_delta_depend_on_its_own_coordinates_only(gen):
+    """With ``fill`` a factor sees the noised background off its mask, whatever the state there."""
+    cov = torch.tensor([[1.0, 0.8, 0.5], [0.8, 1.0, 0.3], [0.5, 0.3, 1.0]], dtype=torch.float64)
+    a = Gaussian(torch.zeros(3, dtype=torch.float64), cov, name="a")  # correlated: not Def. 5.2
+    bg = Gaussian(torch.zeros(3, dtype=torch.float64), 1.0, name="z")
+    m = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    y = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    y_other = y.clone()
+    y_other[:, 1:] += 2.0  # the state changes off the mask only
+    plain = compose.projective(a, background=bg, masks=[m])
+    filled = compose.projective(a, background=bg, masks=[m], fill=torch.zeros(3))
+    assert not torch.allclose(plain.score(y, 0.3)[:, 0], plain.score(y_other, 0.3)[:, 0])
+    torch.testing.assert_close(filled.score(y, 0.3)[:, 0], filled.score(y_other, 0.3)[:, 0])
+    torch.testing.assert_close(filled.score(y, 0.3), filled.score(y, 0.3))  # a deterministic field
+    off = filled.score(y, 0.3)[:, 1:]
+    torch.testing.assert_close(off, bg.score(y, 0.3)[:, 1:])  # the background's score off the mask
 
 
 def test_masked_projective_errors(abc):
@@ -129,6 +149,12 @@ def test_masked_projective_errors(abc):
         compose.projective(a, b, background=c, masks=[torch.zeros(2, 2), torch.zeros(3, 2)])
     with pytest.raises(pc.FactorError, match="event shape"):
         compose.projective(a, Gaussian(torch.zeros(3), 1.0), background=c, masks=[torch.ones(2)] * 2)
+    with pytest.raises(pc.FactorError, match="fill has shape \\(3,\\)"):
+        compose.projective(
+            a, b, background=c, masks=[torch.tensor([1.0, 0.0]), torch.zeros(2)], fill=torch.zeros(3)
+        )
+    with pytest.raises(pc.FactorError, match="it needs masks="):
+        compose.projective(a, b, background=c, fill=torch.zeros(2))
 
 
 def test_location_masks_are_disjoint_cells_cut_to_a_disc():

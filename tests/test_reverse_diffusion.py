@@ -168,8 +168,13 @@ def test_masked_projective_removes_leaks_that_eq6_adds_up():
     torch.testing.assert_close(plain.mean(0), target + leak, atol=0.02, rtol=0)
     comp = pc.compose.projective(*leaky, background=pb, masks=[eye[i] for i in (0, 2, 4, 6)])
     y = torch.randn(32, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    # each p_i's coordinates are independent (diagonal), so filled inputs change nothing either
+    filled = pc.compose.projective(
+        *leaky, background=pb, masks=[eye[i] for i in (0, 2, 4, 6)], fill=torch.zeros(7)
+    )
     for t in (0.02, 0.3, 0.8):
         torch.testing.assert_close(comp.score(y, t), exact.score(y, t), atol=1e-9, rtol=1e-9)
+        torch.testing.assert_close(filled.score(y, t), exact.score(y, t), atol=1e-9, rtol=1e-9)
     xs = eng.run(_scene(comp, 7), 2000, seed=0)["x"]
     torch.testing.assert_close(xs, eng.run(_scene(exact, 7), 2000, seed=0)["x"], atol=1e-5, rtol=0)
     torch.testing.assert_close(xs.mean(0), target, atol=0.01, rtol=0)
