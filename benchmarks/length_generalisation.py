@@ -174,6 +174,7 @@ def run(args: argparse.Namespace) -> dict:
                         args.seed,
                         args.device,
                         radius,
+                        filled=bg_name.endswith("-filled"),
                     )
                 except pc.NumericalError as e:  # the chain diverged until the scores overflowed
                     rows[str(k)] = {"non_finite": str(e).split(" (")[0], "median_max_abs_pixel": float("inf")}

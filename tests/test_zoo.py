@@ -120,7 +120,9 @@ def test_masked_projective_with_learned_objects_places_five():
     Unmasked, this composition runs away (pixels ~1e16: the learned deltas' leaks add up
     against the exact background's linear score); with each learned delta kept on its
     object's cell the requested objects appear.  Measured: hit rate 0.975, exact count on 7
-    of 8 images, no spurious objects.
+    of 8 images, no spurious objects, colours 0.85, position error 0.54 px.  With the
+    networks' inputs filled with the noised empty image off their cells (``fill=``): every
+    count exact, colours 1.0, position error 0.32 px.
     """
     from probcomp.detection import detect, score_detections
     from probcomp.models.zoo_data import SEPARATION
@@ -132,12 +134,12 @@ def test_masked_projective_with_learned_objects_places_five():
     )
     objects = [blob.condition(xy=lab["xy"][:, j], color=lab["color"][:, j]) for j in range(5)]
 
-    def sample(masks):
+    def sample(masks, fill=None):
         sc = pc.Scene()
         sc.observe(
             "image",
             sc.control("x", (3, 32, 32)),
-            factor=pc.compose.projective(*objects, background=empty, masks=masks),
+            factor=pc.compose.projective(*objects, background=empty, masks=masks, fill=fill),
         )
         try:
             return pc.inference.ReverseDiffusion(50).run(sc, 8, seed=0)["x"]
@@ -149,6 +151,11 @@ def test_masked_projective_with_learned_objects_places_five():
     score = score_detections(detect(x), lab["xy"], color=lab["color"])
     assert score["hit_rate"] >= 0.9 and score["count_accuracy"] >= 0.75, score
     assert score["spurious_per_image"] <= 0.25 and float(x.abs().max()) < 2, score
+    # each network shown the noised empty image off its cell: colours and centres right too
+    x = sample(pc.compose.location_masks(lab["xy"], size=32, radius=8.0), fill=torch.full((3, 32, 32), -1.0))
+    filled = score_detections(detect(x), lab["xy"], color=lab["color"])
+    assert filled["count_accuracy"] == 1.0 and filled["spurious_per_image"] == 0.0, filled
+    assert filled["color_accuracy"] >= 0.95 and filled["position_error_px"] < 0.45, filled
 
 
 def test_list_models():
