@@ -360,7 +360,7 @@ def location_masks(xy: torch.Tensor, size: int, radius: float) -> list[torch.Ten
         raise FactorError(f"location_masks: xy must have shape (N, K, 2), got {tuple(xy.shape)}")
     if not radius > 0:
         raise FactorError(f"location_masks: radius must be positive, got {radius}")
-    grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    grid = (torch.arange(size, dtype=torch.float32, device=xy.device) + 0.5) / size
     dx = grid[None, None, None, :] - xy[..., 0, None, None]
     dy = grid[None, None, :, None] - xy[..., 1, None, None]
     dist = (dx.square() + dy.square()).sqrt() * size  # (N, K, size, size), pixels
