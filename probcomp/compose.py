@@ -93,10 +93,25 @@ class Composite(ScoreFactor):
         self.terms: list[tuple[ScoreFactor, float]] = list(zip(factors, weights, strict=True))
 
     def leaves(self, weight: float = 1.0) -> Iterator[tuple[ScoreFactor, float]]:
-        """The non-composite factors with their total weights (nested composites flattened)."""
+        """The non-composite factors with their total weights (nested composites flattened).
+
+        A factor that appears more than once (``guidance(attributes(...), model)`` holds the
+        unconditional model twice) is one leaf with the summed weight, so it costs one
+        evaluation.
+        """
+        total: dict[int, list[Any]] = {}
+        for f, w in self._flat(weight):
+            if id(f) in total:
+                total[id(f)][1] += w
+            else:
+                total[id(f)] = [f, w]
+        for f, w in total.values():
+            yield f, w
+
+    def _flat(self, weight: float) -> Iterator[tuple[ScoreFactor, float]]:
         for f, w in self.terms:
             if isinstance(f, Composite):
-                yield from f.leaves(weight * w)
+                yield from f._flat(weight * w)
             else:
                 yield f, weight * w
 

@@ -28,6 +28,21 @@ def test_linear_operators_are_weights(abc):
     assert [w for _, w in compose.negation(a, b, 0.5).terms] == [1.0, -0.5]
 
 
+def test_a_factor_repeated_in_nested_composites_is_one_leaf(abc, gen):
+    """Guidance over Eq. 1 holds the unconditional factor twice; it is evaluated once."""
+    a, b, c = abc
+    guided = compose.guidance(compose.weighted([a, b, c], [1.0, 1.0, -1.0]), c, 2.0)
+    assert [(f.name, w) for f, w in guided.leaves()] == [("a", 3.0), ("b", 3.0), ("c", -5.0)]
+    assert guided.cost == 3
+    y = torch.randn(5, 2, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(
+        guided.score(y, 0.3), 3 * a.score(y, 0.3) + 3 * b.score(y, 0.3) - 5 * c.score(y, 0.3)
+    )
+    sc = pc.Scene()
+    sc.observe("y", sc.control("x", 2), factor=guided)
+    assert len(pc.CompiledScene(sc).terms) == 3
+
+
 def test_composite_score_and_energy_are_weighted_sums(abc, gen):
     a, b, c = abc
     y = torch.randn(5, 2, generator=gen, dtype=torch.float64)
