@@ -286,6 +286,8 @@ def ci_violation(
             f"it takes {list(model.condition_names)}"
         )
     x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.to(torch.float32)
     if x.shape[1:] != model.event_shape:
         raise ShapeError(
             f"ci_violation: points of shape {tuple(x.shape)} do not match model {model.name!r}'s event "
@@ -299,12 +301,13 @@ def ci_violation(
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     n = x.shape[0]
     t = lo + (hi - lo) * torch.rand(draws, generator=g, dtype=torch.float64)
-    eps = torch.randn(draws, *x.shape[1:], generator=g).to(dtype=x.dtype)
-    alpha, sigma = model.schedule.alpha(t).to(x.dtype), model.schedule.sigma(t).to(x.dtype)
+    eps = torch.randn(draws, *x.shape[1:], generator=g).to(dtype=x.dtype, device=x.device)
+    alpha = model.schedule.alpha(t).to(dtype=x.dtype, device=x.device)
+    sigma = model.schedule.sigma(t).to(dtype=x.dtype, device=x.device)
 
     def loss(cond: dict[str, int]) -> torch.Tensor:
-        total = torch.zeros(n, dtype=torch.float64)
-        c = {k: torch.full((n,), v) for k, v in cond.items()}
+        total = torch.zeros(n, dtype=torch.float64, device=x.device)
+        c = {k: torch.full((n,), v, device=x.device) for k, v in cond.items()}
         for d in range(draws):
             with torch.no_grad():
                 e = model.eps_given(alpha[d] * x + sigma[d] * eps[d], float(t[d]), c)
