@@ -116,6 +116,14 @@ RECIPES: dict[str, Recipe] = {
         attributes={"c1": 2, "c2": 2},
         notes="X = (C1, C2) + 0.2 N(0, I) with (+1, +1) held out; plain conditional training",
     ),
+    "coind-lam10": Recipe(
+        "coind-toy",
+        attributes={"c1": 2, "c2": 2},
+        objective="coind",
+        lam=10.0,
+        p_drop=0.3,
+        notes="the coind-vanilla data, trained with COIND's CI term at lam = 10 (App. D) and dropout 0.3",
+    ),
     "blob-xy": Recipe(
         "blob",
         batch=128,
