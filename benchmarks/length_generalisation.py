@@ -27,7 +27,8 @@ places -- the model never saw two objects together.  Backgrounds:
   kept only on the pixels nearer to its centre than to any other and within
   ``--mask-radius`` px (:func:`~probcomp.compose.location_masks`; default 8 px, about three
   blob radii), and the background's score alone acts elsewhere;
-* ``empty-masked-filled``, ``empty-learned-masked-filled`` -- the same, and each object
+* ``empty-masked-filled``, ``empty-learned-masked-filled``, ``empty-precond-masked-filled``
+  -- the same (the last over ``blob-empty-precond``), and each object
   model also *sees* the noised empty image ``alpha_t (-1) + sigma_t z`` off its mask
   instead of the other objects (``fill=``; exact under Def. 5.2, and the networks' inputs
   stay in their training distribution).
@@ -82,6 +83,7 @@ BACKGROUNDS = (
     "empty-learned-masked",
     "empty-masked-filled",
     "empty-learned-masked-filled",
+    "empty-precond-masked-filled",
 )
 MASK_RADIUS = 8.0
 

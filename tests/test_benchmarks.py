@@ -171,6 +171,7 @@ def test_length_generalisation_benchmark_quick():
             "empty-learned-masked",
             "empty-masked-filled",
             "empty-learned-masked-filled",
+            "empty-precond-masked-filled",
         )
     }
     assert data["config"]["mask_radius_px"] == 8.0
