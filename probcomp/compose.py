@@ -236,7 +236,9 @@ class MaskedProjective(ScoreFactor):
     the factor's event shape, optionally with a leading batch axis of one mask per
     particle; where they overlap their sum may not exceed 1 (the background's weight
     ``1 - sum_i m_i`` stays in [0, 1]).  The masked field is not a gradient in general, so
-    this factor has a score and no energy (samplers that need no energy run it).
+    this factor has a score and no energy.  Every engine runs it; Metropolis tests that
+    integrate the score along a move (annealed MALA / HMC without energies) are exact only
+    where the field is a gradient, i.e. where Def. 5.2 holds.
 
     **Inputs** (``fill``).  Under Def. 5.2, ``p_i^t(x) = p_i^t(x|M_i) p_b^t(x|M_i^c)``, so
     ``s_i`` on ``M_i`` depends on ``x|M_i`` only and may be evaluated at any completion of
