@@ -97,7 +97,7 @@ class Composite(ScoreFactor):
 
         A factor that appears more than once (``guidance(attributes(...), model)`` holds the
         unconditional model twice) is one leaf with the summed weight, so it costs one
-        evaluation.
+        evaluation; a leaf whose weights cancel (to 1e-12 of the largest) is left out.
         """
         total: dict[int, list[Any]] = {}
         for f, w in self._flat(weight):
@@ -105,8 +105,10 @@ class Composite(ScoreFactor):
                 total[id(f)][1] += w
             else:
                 total[id(f)] = [f, w]
+        scale = max((abs(w) for _, w in self._flat(weight)), default=0.0)
         for f, w in total.values():
-            yield f, w
+            if abs(w) > 1e-12 * scale:
+                yield f, w
 
     def _flat(self, weight: float) -> Iterator[tuple[ScoreFactor, float]]:
         for f, w in self.terms:
@@ -124,13 +126,19 @@ class Composite(ScoreFactor):
         return all(f.has_energy for f, _ in self.leaves())
 
     def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
-        return sum(w * f.score(y, sched.match(t, self.schedule, f.schedule)) for f, w in self.leaves())
+        out = torch.zeros_like(y)
+        for f, w in self.leaves():
+            out = out + w * f.score(y, sched.match(t, self.schedule, f.schedule))
+        return out
 
     def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         if not self.has_energy:
             missing = [f.name for f, _ in self.leaves() if not f.has_energy]
             raise FactorError(f"composite {self.name!r}: factors {missing} have no energy")
-        return sum(w * f.energy(y, sched.match(t, self.schedule, f.schedule)) for f, w in self.leaves())
+        out = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+        for f, w in self.leaves():
+            out = out + w * f.energy(y, sched.match(t, self.schedule, f.schedule))
+        return out
 
 
 class Mixture(ScoreFactor):
@@ -249,9 +257,18 @@ class MaskedProjective(ScoreFactor):
 
     .. math:: \tilde x_i = m_i \odot x + (1 - m_i) \odot (\alpha_t x_b + \sigma_t z),
 
-    a draw of the noised background outside its mask (``z`` a fixed standard normal, drawn
-    once per particle count from ``fill_seed``, so the field is deterministic).  Exact when
-    Def. 5.2 holds, and it keeps every network's input in its training distribution.
+    a draw of the noised background outside its mask.  ``z`` is drawn once, from
+    ``torch.Generator().manual_seed(fill_seed)``, with shape ``(P, *event_shape)``: ``P``
+    is the number of particles the masks or the fill are given for (1 when none is given
+    per particle, and then every particle sees the same completion).  So the field is
+    deterministic.  Exact when Def. 5.2 holds, and it keeps every network's input in its
+    training distribution.
+
+    **Shapes.**  A mask (or ``fill``) with as many dimensions as the event, or fewer, is
+    one for every particle (broadcast from the right); one with a single extra leading
+    axis holds one per particle.  Per-particle masks follow the particle index: engines
+    that resample particles (SMC) move a particle's state, not its mask, as with any
+    per-particle condition.
     """
 
     def __init__(
@@ -266,26 +283,20 @@ class MaskedProjective(ScoreFactor):
     ) -> None:
         factors = list(factors)
         shape = _check_same_event([background, *factors], name)
-        if fill is not None:
-            fill = torch.as_tensor(fill, dtype=torch.float32)
-            try:
-                torch.broadcast_shapes(fill.shape, (1, *shape))
-            except RuntimeError:
-                raise FactorError(
-                    f"{name}: fill has shape {tuple(fill.shape)}; it must broadcast to the event shape "
-                    f"{tuple(shape)}, optionally with a leading axis of one background sample per particle"
-                ) from None
-            if fill.ndim > len(shape) + 1 or not bool(torch.isfinite(fill).all()):
-                raise FactorError(f"{name}: fill must be a finite background sample of shape {tuple(shape)}")
         masks = list(masks)
         if len(masks) != len(factors):
             raise FactorError(f"{name}: {len(factors)} factors but {len(masks)} masks")
-        checked = [self._check_mask(m, f, shape, name) for m, f in zip(masks, factors, strict=True)]
-        try:
-            expanded = torch.broadcast_tensors(*checked)
-        except RuntimeError:
-            sizes = [m.shape[0] for m in checked]
-            raise FactorError(f"{name}: the masks are for different numbers of particles {sizes}") from None
+        checked = [
+            self._as_particles(m, shape, f"the mask of factor {f.name!r}", name)
+            for m, f in zip(masks, factors, strict=True)
+        ]
+        for m, f in zip(checked, factors, strict=True):
+            if float(m.min()) < 0 or float(m.max()) > 1:
+                raise FactorError(f"{name}: the mask of factor {f.name!r} must hold values in [0, 1]")
+        sizes = sorted({m.shape[0] for m in checked} - {1})
+        if len(sizes) > 1:
+            raise FactorError(f"{name}: the masks are for different numbers of particles {sizes}")
+        expanded = torch.broadcast_tensors(*checked)
         total = torch.stack(expanded).sum(0)
         if float(total.max()) > 1.0 + 1e-6:
             where = tuple(int(i) for i in (total == total.max()).nonzero()[0])
@@ -294,62 +305,63 @@ class MaskedProjective(ScoreFactor):
                 f"{name}: the masks of factors {both} overlap (their sum is {float(total.max()):.3g} > 1 at "
                 f"index {where}); projective composition needs disjoint masks"
             )
+        particles = sizes[0] if sizes else 1
+        z = None
+        if fill is not None:
+            fill = self._as_particles(fill, shape, "fill", name)
+            if fill.shape[0] not in (1, particles) and particles != 1:
+                raise FactorError(
+                    f"{name}: fill is for {fill.shape[0]} particles but the masks for {particles}"
+                )
+            particles = max(particles, fill.shape[0])
+            g = torch.Generator().manual_seed(int(fill_seed))
+            z = torch.randn((particles, *shape), generator=g, dtype=torch.float64)
         super().__init__(shape, background.schedule, name)
         self.background, self.factors, self.masks = background, factors, checked
-        self.fill, self.fill_seed = fill, int(fill_seed)
-        self._noise: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.fill, self.noise = fill, z
 
     @staticmethod
-    def _check_mask(m: Any, f: ScoreFactor, shape: torch.Size, name: str) -> torch.Tensor:
-        m = torch.as_tensor(m, dtype=torch.float32)
-        lead = m.ndim - len(shape)  # 1: one mask per particle
-        ok = lead in (0, 1)
-        if ok:
-            try:
-                torch.broadcast_shapes(m.shape[lead:], shape)
-            except RuntimeError:
-                ok = False
-        if not ok:
+    def _as_particles(v: Any, shape: torch.Size, what: str, name: str) -> torch.Tensor:
+        """``v`` as a CPU float64 tensor ``(1 or P, *shape)``, or a :class:`FactorError` naming ``what``."""
+        v = torch.as_tensor(v).detach().to("cpu", torch.float64)
+        lead = v.ndim - len(shape)
+        event = v.shape[1:] if lead == 1 else v.shape
+        try:
+            if lead > 1:
+                raise RuntimeError
+            torch.broadcast_shapes(event, shape)
+        except RuntimeError:
             raise FactorError(
-                f"{name}: the mask of factor {f.name!r} has shape {tuple(m.shape)}; it must broadcast to "
-                f"the event shape {tuple(shape)}, optionally with a leading axis of one mask per particle"
-            )
-        if not bool(torch.isfinite(m).all()) or float(m.min()) < 0 or float(m.max()) > 1:
-            raise FactorError(f"{name}: the mask of factor {f.name!r} must hold values in [0, 1]")
-        return m if lead else m[None]
+                f"{name}: {what} has shape {tuple(v.shape)}; it must broadcast to the event shape "
+                f"{tuple(shape)}, optionally with one leading axis of one per particle"
+            ) from None
+        if not bool(torch.isfinite(v).all()):
+            raise FactorError(f"{name}: {what} must be finite")
+        return v if lead == 1 else v.reshape(1, *([1] * (len(shape) - v.ndim)), *v.shape)
 
     @property
     def cost(self) -> int:  # type: ignore[override]
         return self.background.cost + sum(f.cost for f in self.factors)
 
-    def _per_particle(self, v: torch.Tensor, y: torch.Tensor, what: str = "mask") -> torch.Tensor:
-        """``v`` (a mask or fill with a leading particle axis of 1 or ``n``) for the batch ``y``."""
+    def _per_particle(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``v`` ``(1 or P, ...)`` for the batch ``y``: a batch of ``n / P`` stacked particle sets."""
         n = y.shape[0]
         if v.shape[0] not in (1, n):
             if n % v.shape[0]:
                 raise ShapeError(
-                    f"factor {self.name!r} holds one {what} per particle for {v.shape[0]} particles, "
-                    f"but is evaluated on {n}"
+                    f"factor {self.name!r} holds masks for {v.shape[0]} particles, but is evaluated on {n}"
                 )
-            v = v.repeat(n // v.shape[0], *([1] * (v.ndim - 1)))  # a batch of stacked particle sets
+            v = v.repeat(n // v.shape[0], *([1] * (v.ndim - 1)))
         return v.to(dtype=y.dtype, device=y.device)
 
     def _filled(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         """``alpha_t x_b + sigma_t z``: the noised background sample the factors see off their masks."""
-        assert self.fill is not None
-        n, key = y.shape[0], (y.shape[0], y.device, y.dtype)
-        if key not in self._noise:
-            g = torch.Generator().manual_seed(self.fill_seed)
-            z = torch.randn((n, *self.event_shape), generator=g)
-            self._noise[key] = z.to(dtype=y.dtype, device=y.device)
+        assert self.fill is not None and self.noise is not None
         tt = as_time(t, y)
         shape = (-1, *([1] * len(self.event_shape)))
         alpha = self.schedule.alpha(tt).reshape(shape).to(dtype=y.dtype, device=y.device)
         sigma = self.schedule.sigma(tt).reshape(shape).to(dtype=y.dtype, device=y.device)
-        fill = (
-            self.fill if self.fill.ndim == len(self.event_shape) else self._per_particle(self.fill, y, "fill")
-        )
-        return alpha * fill.to(dtype=y.dtype, device=y.device) + sigma * self._noise[key]
+        return alpha * self._per_particle(self.fill, y) + sigma * self._per_particle(self.noise, y)
 
     def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         check_event(y, self.event_shape, f"factor {self.name!r}")

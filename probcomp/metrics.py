@@ -270,8 +270,15 @@ def ci_violation(
 
     ``classes`` maps attribute names to their number of classes (default: every discrete
     attribute of ``model``, read from its network's config).  ``model`` needs
-    ``eps_given(y, t, cond)`` (a :class:`~probcomp.models.NetworkFactor`).  ``t`` and then
-    ``eps`` are drawn from ``generator``.
+    ``eps_given(y, t, cond)`` (a :class:`~probcomp.models.NetworkFactor`) with none of
+    these attributes bound.  ``t`` and then ``eps`` are drawn from ``generator``.
+
+    The estimator: ``draws`` pairs ``(t, eps)`` are shared by every point and every
+    condition (common random numbers: the posteriors differ only through the conditions),
+    and the loss sums the squared error over the event, the ELBO's scale.  On large events
+    that makes the posteriors sharp, so the JSD approaches a 0/1 disagreement rate; the
+    numbers compare models under this estimator, not with other implementations' tables
+    (which may average over pixels, standardise the losses or report nats).
     """
     if not hasattr(model, "eps_given"):
         raise FactorError(f"ci_violation needs a conditional model with eps_given(), got {model!r}")
@@ -285,6 +292,17 @@ def ci_violation(
             f"model {model.name!r} has no attribute(s) {sorted(unknown)}; "
             f"it takes {list(model.condition_names)}"
         )
+    bound = set(classes) & set(getattr(model, "cond", None) or {})
+    if bound:
+        raise FactorError(
+            f"ci_violation: model {model.name!r} has attribute(s) {sorted(bound)} bound already; "
+            "pass the unconditioned model"
+        )
+    known = (getattr(getattr(model, "net", None), "config", None) or {}).get("attributes", {})
+    for k, n_k in classes.items():
+        if not isinstance(n_k, int) or n_k < 1 or (k in known and n_k > known[k]):
+            limit = f" (the model has {known[k]})" if k in known else ""
+            raise FactorError(f"ci_violation: attribute {k!r} cannot have {n_k!r} classes{limit}")
     x = torch.as_tensor(x)
     if not x.is_floating_point():
         x = x.to(torch.float32)

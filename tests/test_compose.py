@@ -126,7 +126,7 @@ def test_masked_projective_keeps_each_delta_on_its_mask(gen):
     torch.testing.assert_close(comp.score(y, 0.3), s_z + m_a * (s_a - s_z) + m_b * (s_b - s_z))
     # a stacked batch of the same particle set (two groups of 2) reuses the masks
     torch.testing.assert_close(comp.score(y.repeat(2, 1), 0.3), comp.score(y, 0.3).repeat(2, 1))
-    with pytest.raises(pc.ShapeError, match="one mask per particle for 2 particles, but is evaluated on 3"):
+    with pytest.raises(pc.ShapeError, match="holds masks for 2 particles, but is evaluated on 3"):
         comp.score(torch.zeros(3, 4, dtype=torch.float64), 0.3)
 
 
@@ -148,6 +148,45 @@ def test_filled_inputs_make_each_delta_depend_on_its_own_coordinates_only(gen):
     torch.testing.assert_close(off, bg.score(y, 0.3)[:, 1:])  # the background's score off the mask
 
 
+def test_filled_input_is_the_noised_background_draw_off_the_mask(gen):
+    """The documented completion ``m y + (1 - m)(alpha_t x_b + sigma_t z)``, ``z`` from ``fill_seed``."""
+    cov = torch.tensor([[1.0, 0.8, 0.5], [0.8, 1.0, 0.3], [0.5, 0.3, 1.0]], dtype=torch.float64)
+    a = Gaussian(torch.zeros(3, dtype=torch.float64), cov, name="a")
+    bg = Gaussian(torch.zeros(3, dtype=torch.float64), 1.0, name="z")
+    m = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)  # per particle
+    x_b = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    comp = compose.MaskedProjective([a], bg, [m], fill=x_b, fill_seed=3)
+    y = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    t = 0.4
+    z = torch.randn((2, 3), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    alpha, sigma = float(bg.schedule.alpha(torch.tensor(t))), float(bg.schedule.sigma(torch.tensor(t)))
+    y_a = m * y + (1 - m) * (alpha * x_b + sigma * z)
+    expected = bg.score(y, t) + m * (a.score(y_a, t) - bg.score(y, t))
+    torch.testing.assert_close(comp.score(y, t), expected)
+    # two stacked copies of the particle set see the same completion (grouped calls)
+    torch.testing.assert_close(comp.score(y.repeat(2, 1), t), expected.repeat(2, 1))
+
+
+def test_masks_and_fill_broadcast_from_the_right():
+    """A mask with fewer dimensions than the event is one for every particle."""
+    a, bg = Gaussian(torch.ones(2, 3), 0.5, name="a"), Gaussian(torch.zeros(2, 3), 0.5, name="z")
+    row = torch.tensor([1.0, 0.0, 1.0])
+    short = compose.projective(a, background=bg, masks=[row], fill=torch.tensor(-1.0))
+    full = compose.projective(a, background=bg, masks=[row.expand(2, 3)], fill=torch.full((2, 3), -1.0))
+    y = torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(short.score(y, 0.3), full.score(y, 0.3))
+
+
+def test_cancelled_weights_leave_no_leaf(abc, gen):
+    a, b, _ = abc
+    assert [f.name for f, _ in compose.negation(compose.product(a, b), b, 1.0).leaves()] == ["a"]
+    empty = compose.negation(a, a, 1.0)
+    y = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    assert list(empty.leaves()) == [] and empty.cost == 0
+    torch.testing.assert_close(empty.score(y, 0.2), torch.zeros_like(y))
+    torch.testing.assert_close(empty.energy(y, 0.2), torch.zeros(3, dtype=torch.float64))
+
+
 def test_masked_projective_errors(abc):
     a, b, c = abc
     with pytest.raises(pc.FactorError, match="2 factors but 1 masks"):
@@ -156,8 +195,10 @@ def test_masked_projective_errors(abc):
         compose.projective(a, b, background=c, masks=[torch.tensor([1.0, 0.0]), torch.ones(3)])
     with pytest.raises(pc.FactorError, match="mask of factor 'a' must hold values in \\[0, 1\\]"):
         compose.projective(a, b, background=c, masks=[torch.tensor([2.0, 0.0]), torch.zeros(2)])
-    with pytest.raises(pc.FactorError, match="mask of factor 'a' must hold values"):
+    with pytest.raises(pc.FactorError, match="mask of factor 'a' must be finite"):
         compose.projective(a, b, background=c, masks=[torch.tensor([float("nan"), 0.0]), torch.zeros(2)])
+    with pytest.raises(pc.FactorError, match="fill is for 3 particles but the masks for 2"):
+        compose.projective(a, b, background=c, masks=[torch.zeros(2, 2)] * 2, fill=torch.zeros(3, 2))
     with pytest.raises(pc.FactorError, match=r"masks of factors \['a', 'b'\] overlap"):
         compose.projective(a, b, background=c, masks=[torch.tensor([1.0, 0.0]), torch.tensor([0.5, 1.0])])
     with pytest.raises(pc.FactorError, match="different numbers of particles \\[2, 3\\]"):
