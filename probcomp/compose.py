@@ -319,6 +319,7 @@ class MaskedProjective(ScoreFactor):
         super().__init__(shape, background.schedule, name)
         self.background, self.factors, self.masks = background, factors, checked
         self.fill, self.noise = fill, z
+        self._cast: dict[tuple[Any, ...], torch.Tensor] = {}
 
     @staticmethod
     def _as_particles(v: Any, shape: torch.Size, what: str, name: str) -> torch.Tensor:
@@ -346,13 +347,15 @@ class MaskedProjective(ScoreFactor):
     def _per_particle(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``v`` ``(1 or P, ...)`` for the batch ``y``: a batch of ``n / P`` stacked particle sets."""
         n = y.shape[0]
-        if v.shape[0] not in (1, n):
-            if n % v.shape[0]:
-                raise ShapeError(
-                    f"factor {self.name!r} holds masks for {v.shape[0]} particles, but is evaluated on {n}"
-                )
-            v = v.repeat(n // v.shape[0], *([1] * (v.ndim - 1)))
-        return v.to(dtype=y.dtype, device=y.device)
+        if v.shape[0] not in (1, n) and n % v.shape[0]:
+            raise ShapeError(
+                f"factor {self.name!r} holds masks for {v.shape[0]} particles, but is evaluated on {n}"
+            )
+        key = (id(v), y.device, y.dtype)
+        if key not in self._cast:  # each stored tensor moves to a device and dtype once
+            self._cast[key] = v.to(dtype=y.dtype, device=y.device)
+        v = self._cast[key]
+        return v if v.shape[0] in (1, n) else v.repeat(n // v.shape[0], *([1] * (v.ndim - 1)))
 
     def _filled(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         """``alpha_t x_b + sigma_t z``: the noised background sample the factors see off their masks."""
