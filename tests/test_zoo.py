@@ -122,7 +122,7 @@ def test_masked_projective_with_learned_objects_places_five():
     object's cell the requested objects appear.  Measured: hit rate 0.975, exact count on 7
     of 8 images, no spurious objects, colours 0.85, position error 0.54 px.  With the
     networks' inputs filled with the noised empty image off their cells (``fill=``): every
-    count exact, colours 1.0, position error 0.32 px.
+    count exact, colours 1.0, position error 0.31 px.
     """
     from probcomp.detection import detect, score_detections
     from probcomp.models.zoo_data import SEPARATION
