@@ -73,24 +73,25 @@ from probcomp.inference import AnnealedMCMC, ReverseDiffusion
 SEPARATION = 7.0
 
 
-BACKGROUNDS = (
-    "empty",
-    "empty-learned",
-    "empty-precond",
-    "bayes",
-    "clutter",
-    "empty-masked",
-    "empty-learned-masked",
-    "empty-masked-filled",
-    "empty-learned-masked-filled",
-    "empty-precond-masked-filled",
-)
+# variant -> (background, masked deltas, filled inputs); see the module docstring
+VARIANTS = {
+    "empty": ("empty", False, False),
+    "empty-learned": ("empty-learned", False, False),
+    "empty-precond": ("empty-precond", False, False),
+    "bayes": ("bayes", False, False),
+    "clutter": ("clutter", False, False),
+    "empty-masked": ("empty", True, False),
+    "empty-learned-masked": ("empty-learned", True, False),
+    "empty-masked-filled": ("empty", True, True),
+    "empty-learned-masked-filled": ("empty-learned", True, True),
+    "empty-precond-masked-filled": ("empty-precond", True, True),
+}
+BACKGROUNDS = tuple(VARIANTS)
 MASK_RADIUS = 8.0
 
 
 def models_for(background: str, device: str) -> tuple[Any, Any]:
-    """``(object model, background factor)`` of one composition variant (module docstring)."""
-    background = background.removesuffix("-filled").removesuffix("-masked")
+    """``(object model, background factor)`` of one background (module docstring)."""
     if background == "clutter":
         model = pc.models.load("blob-clutter").to(device)
         return model, model
@@ -158,8 +159,9 @@ def run(args: argparse.Namespace) -> dict:
         "results": {},
     }
     for bg_name in args.backgrounds:
-        model, bg = models_for(bg_name, args.device)
-        radius = args.mask_radius if "-masked" in bg_name else None
+        base, masked, filled = VARIANTS[bg_name]
+        model, bg = models_for(base, args.device)
+        radius = args.mask_radius if masked else None
         for engine in args.engines:
             rows, t0, nfe = {}, time.perf_counter(), 0
             for k in args.ks:
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
                         args.seed,
                         args.device,
                         radius,
-                        filled=bg_name.endswith("-filled"),
+                        filled=filled,
                     )
                 except pc.NumericalError as e:  # the chain diverged until the scores overflowed
                     rows[str(k)] = {"non_finite": str(e).split(" (")[0], "median_max_abs_pixel": float("inf")}

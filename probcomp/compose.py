@@ -100,12 +100,10 @@ class Composite(ScoreFactor):
         evaluation; a leaf whose weights cancel (to 1e-12 of the largest) is left out.
         """
         total: dict[int, list[Any]] = {}
+        scale = 0.0
         for f, w in self._flat(weight):
-            if id(f) in total:
-                total[id(f)][1] += w
-            else:
-                total[id(f)] = [f, w]
-        scale = max((abs(w) for _, w in self._flat(weight)), default=0.0)
+            total.setdefault(id(f), [f, 0.0])[1] += w
+            scale = max(scale, abs(w))
         for f, w in total.values():
             if abs(w) > 1e-12 * scale:
                 yield f, w
