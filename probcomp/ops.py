@@ -88,13 +88,14 @@ def window(start: int | Sequence[int], size: int | Sequence[int], axis: int | Se
     return Window(tup(start), tup(size), tup(axis))
 
 
-class Composite(Op):
+class Paste(Op):
     """``(1 - m) * background + m * object``: background region of one parent, object of the other.
 
-    The background+object task of the diffusion-optimisation seed (§6.2): ``y_3``
-    keeps ``x_1`` outside the object box and ``x_2`` inside it.  ``mask`` is 1 on
-    the object region (values in [0, 1], soft masks allowed) and broadcasts
-    against one sample's shape.
+    Built by :func:`composite`.  The compositional scene generation task of
+    *Compositional Generative Inference Using Diffusion-Based Optimization* (§6.2):
+    ``y_3`` keeps ``x_1`` outside the object box and ``x_2`` inside it.  ``mask`` is 1
+    on the object region (values in [0, 1], soft masks allowed) and broadcasts against
+    one sample's shape.  (Not :class:`probcomp.compose.Composite`, which sums scores.)
     """
 
     arity = 2
@@ -124,9 +125,9 @@ class Composite(Op):
         return f"composite(mask={tuple(self.mask.shape)})"
 
 
-def composite(mask: Any) -> Composite:
-    """Masked composite of two parents (background, object)."""
-    return Composite(mask)
+def composite(mask: Any) -> Paste:
+    """Masked composite of two parents (background, object): a :class:`Paste`."""
+    return Paste(mask)
 
 
 class Linear(Op):
