@@ -23,7 +23,9 @@ Kernels (``eps`` is the Langevin step, ``h = sqrt(2 eps)`` the leapfrog step, ``
   term included) and the momentum negated on rejection (generalised HMC; with
   ``damping = 1`` this is plain HMC).
 
-Metropolis tests (per particle, never for the batch at once) use
+A kernel is a name or a :class:`~probcomp.inference.kernels.Kernel` object (a user's own
+kernel runs here with adaptation, resampling and stats).  Metropolis tests (per particle,
+never for the batch at once; :mod:`probcomp.inference.kernels.metropolis`) use
 
 * ``"energy"`` -- ``log pi`` from the factors' energies, exact;
 * ``"score"`` -- for score-only factors, the MCMC-correction construction
@@ -45,7 +47,7 @@ after every transition of an adjusted kernel; the step size used at each level i
 recorded.
 
 With ``resample``, particles carry sequential-Monte-Carlo
-weights across levels: the reverse step is the forward kernel ``F`` and the
+weights across levels (:mod:`probcomp.inference.smc`): the reverse step is the forward kernel ``F`` and the
 forward noising ``B(x_t | x_s) = N(sqrt(abar_t / abar_s) x_s, 1 - abar_t / abar_s)``
 the backward kernel (Del Moral et al. 2006), so
 
@@ -76,7 +78,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene
@@ -84,36 +85,36 @@ from probcomp.errors import FactorError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import Packer, ReverseStep, prepare
+from . import smc
+from .base import DiffusionEngine, LevelInfo, LevelRecords, register
+from .kernels import (
+    ADJUSTED,
+    HMC,
+    KERNELS,
+    MALA,
+    TESTS,
+    FlatTarget,
+    Kernel,
+    KernelState,
+    make_kernel,
+    make_test,
+)
+from .kernels.base import Target
+from .steps import Packer, ReverseStep
 
 __all__ = ["KERNELS", "AnnealedMCMC"]
 
-KERNELS = ("ula", "mala", "uhmc", "hmc")
-_ADJUSTED = ("mala", "hmc")
-_DEFAULT_ACCEPT = {"mala": 0.57, "hmc": 0.65}
 _DEFAULT_STEP = 0.05  # c in eps(t) = c sigma_t^2; adapted by the adjusted kernels
+_RESAMPLE = (None, "ess", "always")
+_DEFAULT_ACCEPT = {"mala": MALA.target_accept, "hmc": HMC.target_accept}
 
 
-class _Target:
-    """The compiled target on flat ``(N, D)`` particles at one level, counting what it costs.
-
-    Scores are not checked here (a non-finite proposal is rejected by the Metropolis
-    test); the engine checks the state and its score once per level.
-    """
-
-    def __init__(self, compiled: CompiledScene, packer: Packer, energy: bool) -> None:
-        self.compiled, self.packer, self.energy = compiled, packer, energy
-
-    def __call__(self, v: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = self.compiled.target(self.packer.unpack(v), t, energy=self.energy, check=False)
-        return self.packer.pack(out.grad), out.log_p
-
-
-class AnnealedMCMC:
-    """Annealed ULA / MALA / underdamped-Langevin / HMC over the controls of a scene.
+class AnnealedMCMC(DiffusionEngine):
+    """Annealed ULA / MALA / underdamped-Langevin / HMC (or any kernel) over the controls of a scene.
 
     Args:
-        kernel: ``"ula"``, ``"mala"``, ``"uhmc"`` or ``"hmc"``.
+        kernel: ``"ula"``, ``"mala"``, ``"uhmc"``, ``"hmc"`` or a
+            :class:`~probcomp.inference.kernels.Kernel` object (which brings its own test).
         steps_per_level: MCMC transitions at every noise level.
         levels: number of noise levels (reverse steps) from ``t_max`` to 0.
         step_size: ``c`` in ``eps(t) = c sigma_t^2``, or a callable ``t -> eps``.
@@ -122,7 +123,7 @@ class AnnealedMCMC:
             default: energies when every factor has one, else the score line integral.
         trapezoid_points: points of the trapezoid rule of ``"score"`` tests (>= 2).
         adapt: adapt the step size toward ``target_accept`` (adjusted kernels).
-        target_accept: defaults to 0.57 (MALA) and 0.65 (HMC).
+        target_accept: defaults to the kernel's (MALA 0.57, HMC 0.65).
         reverse_step: interleave a DDPM step between levels (else the particles are
             carried to the next level unchanged).
         resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``.
@@ -130,18 +131,21 @@ class AnnealedMCMC:
             returned particles are equally weighted (``stats["ess_final"]`` is the ESS
             before it).  With ``False`` the particles keep their weights, in
             ``res.particle_stats["log_weight"]`` (weight the samples by them).
+        resampling: ``"systematic"`` (default), ``"stratified"`` or ``"multinomial"``.
         t_min: the last MCMC level, then one denoising step to 0 (default 1e-3; with 0 the
             levels are uniform on ``[0, t_max]``: see :data:`probcomp.schedules.DEFAULT_T_MIN`).
         schedule, t_max, group, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
-        callback: called at every level after its transitions with ``{i, t, x, step_size}``.
+        callback: called at every level after its transitions with a
+            :class:`~probcomp.inference.LevelInfo` holding ``i, t, x`` and ``step_size``.
     """
 
     name = "annealed-mcmc"
+    label = "AnnealedMCMC"
 
     def __init__(
         self,
-        kernel: str = "hmc",
+        kernel: str | Kernel = "hmc",
         steps_per_level: int = 10,
         levels: int = 100,
         *,
@@ -158,6 +162,7 @@ class AnnealedMCMC:
         resample: str | None = None,
         ess_threshold: float = 0.5,
         final_resample: bool = True,
+        resampling: str = "systematic",
         schedule: sched.Schedule | None = None,
         t_max: float = 1.0,
         t_min: float = sched.DEFAULT_T_MIN,
@@ -165,62 +170,69 @@ class AnnealedMCMC:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         progress: bool = False,
-        callback: Callable[[dict[str, Any]], None] | None = None,
+        callback: Callable[[LevelInfo], None] | None = None,
     ) -> None:
-        if kernel not in KERNELS:
-            raise ScheduleError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        user = kernel if isinstance(kernel, Kernel) else None
+        if user is None and kernel not in KERNELS:
+            raise ScheduleError(f"kernel must be one of {KERNELS} or a Kernel object, got {kernel!r}")
+        if user is not None and metropolis is not None:
+            raise ScheduleError(f"kernel {user.name!r} is an object with its own test; leave metropolis=None")
         if steps_per_level < 0 or levels < 1 or leapfrog_steps < 1:
             raise ScheduleError("need steps_per_level >= 0, levels >= 1 and leapfrog_steps >= 1")
         if not 0.0 < damping <= 1.0 or mass <= 0:
             raise ScheduleError(f"need 0 < damping <= 1 and mass > 0, got {damping}, {mass}")
-        if metropolis not in (None, "energy", "score", "effective"):
+        if metropolis not in (None, *TESTS):
             raise ScheduleError(f"metropolis must be 'energy', 'score' or 'effective', got {metropolis!r}")
-        if metropolis is not None and kernel not in _ADJUSTED:
+        adjusted = user.adjusted if user is not None else kernel in ADJUSTED
+        if metropolis is not None and not adjusted:
             raise ScheduleError(f"kernel {kernel!r} has no Metropolis test; use 'mala' or 'hmc'")
         if metropolis == "effective" and kernel != "hmc":
             raise ScheduleError("the 'effective' test reuses leapfrog points: it needs kernel='hmc'")
         if trapezoid_points < 2:
             raise ScheduleError(f"trapezoid_points must be >= 2, got {trapezoid_points}")
-        self.final_resample = bool(final_resample)
-        if resample not in (None, "ess", "always"):
+        if resample not in _RESAMPLE:
             raise ScheduleError(f"resample must be None, 'ess' or 'always', got {resample!r}")
+        if resampling not in smc.RESAMPLERS:
+            raise ScheduleError(f"resampling must be one of {sorted(smc.RESAMPLERS)}, got {resampling!r}")
         if isinstance(step_size, (int, float)) and step_size <= 0:
             raise ScheduleError(f"step_size must be positive, got {step_size}")
-        self.kernel, self.k, self.levels = kernel, int(steps_per_level), int(levels)
+        super().__init__(
+            levels,
+            schedule=schedule,
+            t_max=t_max,
+            t_min=t_min,
+            group=group,
+            dtype=dtype,
+            device=device,
+            progress=progress,
+            callback=callback,
+        )
+        self._user_kernel = user
+        self.kernel = user.name if user is not None else kernel
+        self.k, self.levels_count = int(steps_per_level), int(levels)
+        self.final_resample = bool(final_resample)
         self.step_size = _DEFAULT_STEP if step_size is None else step_size
         self.leapfrog_steps, self.damping, self.mass = int(leapfrog_steps), float(damping), float(mass)
         self.metropolis, self.trapezoid_points = metropolis, int(trapezoid_points)
-        self.adapt = bool(adapt) and kernel in _ADJUSTED and not callable(self.step_size)
-        self.target_accept = target_accept if target_accept is not None else _DEFAULT_ACCEPT.get(kernel, 0.0)
+        self.adapt = bool(adapt) and adjusted and not callable(self.step_size)
+        default_accept = user.target_accept if user is not None else _DEFAULT_ACCEPT.get(kernel, 0.0)
+        self.target_accept = target_accept if target_accept is not None else default_accept
         self.adapt_rate = float(adapt_rate)
         self.reverse_step, self.resample, self.ess_threshold = (
             bool(reverse_step),
             resample,
             float(ess_threshold),
         )
-        self.schedule = schedule if schedule is not None else sched.linear()
-        self.ts = sched.time_grid(self.levels, t_max=t_max, t_min=t_min)
-        self.group, self.dtype, self.device = group, dtype, torch.device(device)
-        self.progress, self.callback = progress, callback
+        self.resampling = resampling
 
     # ------------------------------------------------------------------------------
-    def compile(self, scene: Scene) -> CompiledScene:
-        """Validate ``scene`` and build its batched target."""
-        compiled = CompiledScene(scene, self.schedule, group=self.group)
-        compiled.require_value_observables("AnnealedMCMC")
-        return compiled
-
     def _test(self, compiled: CompiledScene) -> str | None:
         """The Metropolis test this run uses (``None`` for unadjusted kernels)."""
-        if self.kernel not in _ADJUSTED:
+        if self.kernel not in ADJUSTED:
             return None
         test = self.metropolis or ("energy" if compiled.has_energy else "score")
         if test == "energy" and not compiled.has_energy:
-            lacking = sorted({t.factor.name for t in compiled.terms if not t.factor.has_energy})
-            raise FactorError(
-                f"metropolis='energy' needs an energy for every factor; {lacking} have only scores "
-                "(use metropolis='score' or 'effective')"
-            )
+            self._lacking_energy(compiled, "metropolis='energy'")
         degenerate = test == "effective" or (
             test == "score"
             and self.trapezoid_points == 2
@@ -232,99 +244,90 @@ class AnnealedMCMC:
                 "log a = -(eps/4)(|g(x')|^2 - |g(x)|^2), which ignores the energy change; use "
                 "energies or metropolis='score' with trapezoid_points >= 3 (AnnealedMCMC docs)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return test
 
+    @staticmethod
+    def _lacking_energy(compiled: CompiledScene, what: str) -> None:
+        lacking = sorted({t.factor.name for t in compiled.terms if not t.factor.has_energy})
+        raise FactorError(
+            f"{what} needs an energy for every factor; {lacking} have only scores "
+            "(use metropolis='score' or 'effective')"
+        )
+
+    def _kernel(self, compiled: CompiledScene) -> tuple[Kernel, str | None]:
+        """The kernel object of this run and the name of its test."""
+        user = self._user_kernel
+        if user is not None:
+            if user.needs_energy and not compiled.has_energy:
+                self._lacking_energy(compiled, f"kernel {user.name!r} with {user.metropolis!r}")
+            return user, user.metropolis.name if user.metropolis is not None else None
+        test = self._test(compiled)
+        mh = make_test(test, self.trapezoid_points) if test is not None else None
+        kernel = make_kernel(
+            self.kernel, mh, leapfrog_steps=self.leapfrog_steps, damping=self.damping, mass=self.mass
+        )
+        return kernel, test
+
+    def _eps(self, t: float, log_c: float, sigma: float) -> float:
+        return self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma**2
+
     def run(
-        self, scene: Scene | CompiledScene, num_samples: int = 1000, *, seed: int = 0, num_chains: int = 1
+        self, scene: Scene | CompiledScene, num_samples: int = 1000, *, seed: Any = 0, num_chains: int = 1
     ) -> Result:
         """Draw ``num_samples`` particles; same ``seed``, same samples."""
-        compiled = prepare(self, scene, num_samples)
-        test = self._test(compiled)
-        energy = test == "energy" or (bool(self.resample) and compiled.has_energy)
+        compiled = self.prepare(scene, num_samples)
+        kernel, test = self._kernel(compiled)
+        energy = kernel.needs_energy or (bool(self.resample) and compiled.has_energy)
         compiled.reset_counters()
         packer = Packer(compiled.shapes)
-        target = _Target(compiled, packer, energy)
-        gen = torch.Generator(self.device).manual_seed(int(seed))
+        target = FlatTarget(compiled, packer, energy)
+        gen, seed = self.generator(seed)
         n = num_samples
         x = packer.pack(compiled.noise(n, gen, dtype=self.dtype, device=self.device))
-        p = self._randn(x, gen) * math.sqrt(self.mass)
-        lam = self.schedule.log_snr(self.ts)
-        alpha, sigma = torch.sigmoid(lam).sqrt().tolist(), torch.sigmoid(-lam).sqrt().tolist()
+        state = kernel.init(x, target, float(self.ts[0]), gen)
         log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
         log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
-        acc_level = torch.zeros(self.levels, n, dtype=self.dtype)
-        rec: dict[str, list[float]] = {"step_size": [], "accept": [], "ess": [], "nfe": [], "resampled": []}
+        acc_level = torch.zeros(self.num_levels, n, dtype=self.dtype)
+        rec = LevelRecords("step_size", "accept", "ess", "nfe", "resampled")
         start = time.perf_counter()
-        t = float(self.ts[0])
-        g, logp = target(x, t)
-        bar = tqdm(range(self.levels), desc=f"annealed {self.kernel}", disable=not self.progress, leave=False)
         with torch.no_grad():
-            for i in bar:
-                t = float(self.ts[i])
+            for lv in self.levels(f"annealed {self.kernel}"):
+                i, t = lv.i, lv.t
                 nfe0 = compiled.nfe_total
-                accs, x_start = [], x
+                accs, x_start = [], state.x
                 for _ in range(self.k):
-                    eps = self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma[i] ** 2
-                    x, g, logp, p, acc = self._transition(target, test, x, g, logp, p, t, eps, gen)
-                    if acc is not None:
-                        accs.append(acc)
+                    state, info = kernel.step(state, target, t, self._eps(t, log_c, lv.sigma), gen)
+                    if info.accept_prob is not None:
+                        accs.append(info.accept_prob)
                         if self.adapt:
-                            log_c += self.adapt_rate * (float(acc.mean()) - self.target_accept) * 10
-                if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(x).all())):
+                            log_c += (
+                                self.adapt_rate * (float(info.accept_prob.mean()) - self.target_accept) * 10
+                            )
+                if not (bool(torch.isfinite(state.grad).all()) and bool(torch.isfinite(state.x).all())):
                     compiled.diagnose(packer.unpack(x_start), t, f"in the MCMC moves at t={t:.4g}")
-                rec["step_size"].append(
-                    self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma[i] ** 2
-                )
+                rec.add(step_size=self._eps(t, log_c, lv.sigma))
                 mean_acc = torch.stack(accs).mean(0) if accs else torch.full((n,), float("nan"))
                 acc_level[i] = mean_acc.to(acc_level.dtype).cpu()
-                rec["accept"].append(float(mean_acc.mean()))
-                if self.callback is not None:  # the state at level t, after its MCMC transitions
-                    self.callback({"i": i, "t": t, "x": packer.unpack(x), "step_size": rec["step_size"][-1]})
-                # move to the next level
-                s = float(self.ts[i + 1])
-                step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], 1.0)
-                new = step(x, g, gen) if self.reverse_step or s == 0.0 else x
-                if not bool(torch.isfinite(new).all()):
-                    compiled.diagnose(packer.unpack(x), t, f"in the step from level t={t:.4g}")
-                if s > 0.0:
-                    g_new, logp_new = target(new, s)
-                    if self.resample:
-                        log_w += self._increment(
-                            compiled, packer, target, step, x, new, g, g_new, logp, logp_new, t, s
-                        )
-                    x, g, logp = new, g_new, logp_new
-                else:
-                    x = new
-                ess = _ess(log_w)
-                resampled = 0.0
-                if self.resample and s > 0.0 and (self.resample == "always" or ess < self.ess_threshold * n):
-                    idx = _systematic(log_w, gen)
-                    x, g, p = x[idx], g[idx], p[idx]
-                    logp = logp[idx] if logp is not None else None
-                    log_w.zero_()
-                    resampled = 1.0
-                rec["ess"].append(ess / n)
-                rec["resampled"].append(resampled)
-                rec["nfe"].append(compiled.nfe_total - nfe0)
-        ess_final = _ess(log_w) / n
+                rec.add(accept=float(mean_acc.mean()))
+                # the state at level t, after its MCMC transitions
+                self.notify(i, t, packer.unpack(state.x), step_size=rec["step_size"][-1])
+                state, ess, resampled = self._next_level(compiled, packer, target, state, log_w, lv, gen)
+                rec.add(ess=ess / n, resampled=float(resampled), nfe=compiled.nfe_total - nfe0)
+        x = state.x
+        ess_final = smc.ess(log_w) / n
         if self.resample and self.final_resample and bool((log_w != log_w[0]).any()):
-            x = x[_systematic(log_w, gen)]
+            x = x[smc.resample(log_w, gen, self.resampling)]
             log_w.zero_()
-        wall = time.perf_counter() - start
         stats = {
-            "nfe": dict(compiled.nfe),
-            "nfe_total": compiled.nfe_total,
-            "calls": compiled.calls,
-            "wall_time": wall,
-            "t": self.ts[:-1].clone(),
+            **self.base_stats(compiled, time.perf_counter() - start, seed),
             "kernel": self.kernel,
             "metropolis": test,
             "steps_per_level": self.k,
-            "levels": self.levels,
+            "levels": self.num_levels,
             **({"ess_final": ess_final} if self.resample else {}),
-            **{k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()},
+            **rec.tensors(),
         }
         stats["accept_mean"] = float(torch.nanmean(stats["accept"])) if test else float("nan")
         return Result(
@@ -339,70 +342,51 @@ class AnnealedMCMC:
         )
 
     # ------------------------------------------------------------------------------
-    def _randn(self, like: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return torch.randn(like.shape, generator=gen, dtype=like.dtype, device=like.device)
+    def _next_level(
+        self,
+        compiled: CompiledScene,
+        packer: Packer,
+        target: Target,
+        state: KernelState,
+        log_w: torch.Tensor,
+        lv: Any,
+        gen: torch.Generator,
+    ) -> tuple[KernelState, float, bool]:
+        """Move from level ``t`` to ``next_t`` (a DDPM step, or none), update ``log_w`` in place
+        and resample when due: returns the new state, the ESS before resampling, and whether
+        the particles were resampled."""
+        t, s = lv.t, lv.next_t
+        step = lv.reverse_step(1.0)
+        new = step(state.x, state.grad, gen) if self.reverse_step or s == 0.0 else state.x
+        if not bool(torch.isfinite(new).all()):
+            compiled.diagnose(packer.unpack(state.x), t, f"in the step from level t={t:.4g}")
+        if s > 0.0:
+            g_new, logp_new = target(new, s)
+            moved = state.moved(new, g_new, logp_new)
+            if self.resample:
+                log_w += self._increment(compiled, packer, target, step, state, moved, t, s)
+            state = moved
+        else:
+            state = state.moved(new, state.grad, state.log_p)
+        ess = smc.ess(log_w)
+        due = self.resample == "always" or ess < self.ess_threshold * log_w.shape[0]
+        if self.resample and s > 0.0 and due:
+            state = state.take(smc.resample(log_w, gen, self.resampling))
+            log_w.zero_()
+            return state, ess, True
+        return state, ess, False
 
-    def _transition(self, target, test, x, g, logp, p, t, eps, gen):
-        """One kernel transition; returns ``(x, g, logp, p, accept_prob or None)``."""
-        if self.kernel in ("ula", "mala"):
-            noise = self._randn(x, gen)
-            x1 = x + eps * g + math.sqrt(2 * eps) * noise
-            g1, logp1 = target(x1, t)
-            if test is None:
-                return x1, g1, logp1, p, None
-            log_q_fwd = -(noise.square().sum(1)) / 2  # |x1 - x - eps g|^2 / (4 eps)
-            log_q_bwd = -(x - x1 - eps * g1).square().sum(1) / (4 * eps)
-            d_logp = self._delta(target, test, x, x1, g, g1, logp, logp1, t, None)
-            log_a = d_logp + log_q_bwd - log_q_fwd
-            return self._accept(log_a, x, g, logp, p, x1, g1, logp1, p, gen, flip=False)
-        # (U-)HMC: partial refresh, leapfrog
-        gamma, m = self.damping, self.mass
-        p = math.sqrt(1 - gamma) * p + math.sqrt(gamma * m) * self._randn(x, gen)
-        h = math.sqrt(2 * eps)
-        xs, gs = [x], [g]
-        x1, g1, p1 = x, g, p
-        logp1 = None
-        for _ in range(self.leapfrog_steps):
-            p1 = p1 + 0.5 * h * g1
-            x1 = x1 + h * p1 / m
-            g1, logp1 = target(x1, t)
-            p1 = p1 + 0.5 * h * g1
-            xs.append(x1)
-            gs.append(g1)
-        if test is None:
-            return x1, g1, logp1, p1, None
-        d_logp = self._delta(target, test, x, x1, g, g1, logp, logp1, t, (xs, gs))
-        log_a = d_logp - (p1.square().sum(1) - p.square().sum(1)) / (2 * m)
-        return self._accept(log_a, x, g, logp, p, x1, g1, logp1, p1, gen, flip=True)
-
-    def _delta(self, target, test, x, x1, g, g1, logp, logp1, t, path):
-        """``log pi(x1) - log pi(x)`` per particle by the chosen test."""
-        if test == "energy":
-            return (logp1 - logp).to(x.dtype)
-        if test == "effective":
-            xs, gs = path
-            segments = zip(xs[:-1], xs[1:], gs[:-1], gs[1:], strict=True)
-            return sum(((b - a) * (ga + gb)).sum(1) / 2 for a, b, ga, gb in segments)
-        n = self.trapezoid_points
-        d = x1 - x
-        total = (g * d).sum(1) / 2 + (g1 * d).sum(1) / 2
-        for j in range(1, n - 1):
-            gj, _ = target(x + (j / (n - 1)) * d, t)
-            total = total + (gj * d).sum(1)
-        return total / (n - 1)
-
-    def _accept(self, log_a, x, g, logp, p, x1, g1, logp1, p1, gen, *, flip: bool):
-        u = torch.rand(log_a.shape, generator=gen, dtype=log_a.dtype, device=log_a.device)
-        log_a = torch.nan_to_num(log_a, nan=-math.inf)
-        ok = torch.log(u) < log_a
-        col = ok[:, None]
-        x_new = torch.where(col, x1, x)
-        g_new = torch.where(col, g1, g)
-        p_new = torch.where(col, p1, -p if flip else p)
-        logp_new = torch.where(ok, logp1, logp) if logp is not None and logp1 is not None else None
-        return x_new, g_new, logp_new, p_new, log_a.clamp(max=0.0).exp()
-
-    def _increment(self, compiled, packer, target, step, x, x1, g, g1, logp, logp1, t, s) -> torch.Tensor:
+    def _increment(
+        self,
+        compiled: CompiledScene,
+        packer: Packer,
+        target: Target,
+        step: ReverseStep,
+        old: KernelState,
+        new: KernelState,
+        t: float,
+        s: float,
+    ) -> torch.Tensor:
         """The log-weight increment of one level change (float64): see the module docstring.
 
         With energies, ``log pi_s(x1) - log pi_t(x)`` is exact.  Score-only scenes split it
@@ -410,53 +394,48 @@ class AnnealedMCMC:
         and ``log pi_s(x) - log pi_t(x)`` (trapezoid in log-SNR of
         :meth:`~probcomp.compiled.CompiledScene.log_snr_derivative`, from scores alone).
         """
-        if logp is not None and logp1 is not None:
-            d_logp = logp1.double() - logp.double()
+        x, x1 = old.x, new.x
+        if old.log_p is not None and new.log_p is not None:
+            d_logp = smc.ais_increment(new.log_p, old.log_p)
         else:
             lam_t, lam_s = (float(self.schedule.log_snr(u)) for u in (t, s))
             xd = packer.unpack(x)
             d_time = compiled.log_snr_derivative(xd, t) + compiled.log_snr_derivative(xd, s)
             d_logp = (lam_s - lam_t) / 2 * d_time
-            if self.reverse_step:  # trapezoid rule on trapezoid_points points from x to x1, at s
-                m = self.trapezoid_points
-                d = x1 - x
+            if self.reverse_step:  # the trapezoid rule from x to x1, at s
                 g_s, _ = target(x, s)
-                line = (g_s * d).sum(1) / 2 + (g1 * d).sum(1) / 2
-                for j in range(1, m - 1):
-                    line = line + (target(x + (j / (m - 1)) * d, s)[0] * d).sum(1)
-                d_logp = d_logp + line.double() / (m - 1)
+                line = smc.line_integral(
+                    lambda v: target(v, s)[0],
+                    x,
+                    x1,
+                    g_s,
+                    new.grad,
+                    self.trapezoid_points,
+                    dtype=torch.float64,
+                )
+                d_logp = d_logp + line
         if not self.reverse_step:
             return d_logp
-        return d_logp + self._kernel_ratio(step, x, x1, g)
-
-    def _kernel_ratio(self, step: ReverseStep, x, x1, g) -> torch.Tensor:
-        """``log B(x | x1) - log F(x1 | x)`` of the reverse step (float64)."""
-        c = step.noise
-        ratio = (step.a_t / step.a_s) ** 2  # abar_t / abar_s
-        var_b = 1.0 - ratio
-        log_b = -(x - math.sqrt(ratio) * x1).double().square().sum(1) / (2 * var_b)
-        if c > 0:
-            log_f = -(x1 - step.mean(x, g)).double().square().sum(1) / (2 * c**2)
-            d = x.shape[1]
-            log_b = log_b - d / 2 * math.log(var_b)
-            log_f = log_f - d / 2 * math.log(c**2)
-        else:  # deterministic move: no kernel densities (the weight is then a plain importance ratio)
-            log_b = log_f = torch.zeros_like(log_b)
-        return log_b - log_f
+        return d_logp + smc.kernel_log_ratio(step, x, x1, old.grad)
 
 
-def _ess(log_w: torch.Tensor) -> float:
-    """Effective sample size ``(sum w)^2 / sum w^2`` of log-weights."""
-    w = torch.softmax(log_w, 0)
-    return float(1.0 / w.square().sum())
-
-
-def _systematic(log_w: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Systematic resampling indices from log-weights."""
-    n = log_w.shape[0]
-    w = torch.softmax(log_w, 0)
-    u = (
-        torch.rand((), generator=gen, dtype=torch.float64, device=log_w.device)
-        + torch.arange(n, dtype=torch.float64, device=log_w.device)
-    ) / n
-    return torch.searchsorted(torch.cumsum(w, 0), u).clamp(max=n - 1)
+register(
+    "annealed-ula",
+    lambda steps, steps_per_level, progress: AnnealedMCMC("ula", steps_per_level, steps, progress=progress),
+    "annealed unadjusted Langevin",
+)
+register(
+    "annealed-mala",
+    lambda steps, steps_per_level, progress: AnnealedMCMC("mala", steps_per_level, steps, progress=progress),
+    "annealed Metropolis-adjusted Langevin",
+)
+register(
+    "annealed-uhmc",
+    lambda steps, steps_per_level, progress: AnnealedMCMC("uhmc", steps_per_level, steps, progress=progress),
+    "annealed underdamped Langevin (HMC without a test)",
+)
+register(
+    "annealed-hmc",
+    lambda steps, steps_per_level, progress: AnnealedMCMC("hmc", steps_per_level, steps, progress=progress),
+    "annealed generalised HMC with a Metropolis test",
+)

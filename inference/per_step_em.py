@@ -48,17 +48,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from probcomp import ops
 from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene, Term, finite_or_raise
 from probcomp.errors import NumericalError, SceneError, ScheduleError
-from probcomp.factors import ExplicitFactor
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import ReverseStep, check_clip, prepare
+from .base import DiffusionEngine, LevelInfo, LevelRecords, register
+from .steps import ReverseStep, check_clip
 
 __all__ = ["PerStepEM"]
 
@@ -76,11 +75,10 @@ class _Observable:
     terms: tuple[Term, ...]
 
 
-def _is_energy_term(term: Term) -> bool:
-    return term.key.startswith("prior:") or isinstance(term.factor, ExplicitFactor)
+ENERGY_KINDS = ("prior", "explicit")  # terms that enter the objective as energies at the new level
 
 
-class PerStepEM:
+class PerStepEM(DiffusionEngine):
     """Per-level DDIM step of every observable, then gradient steps on the controls.
 
     Args:
@@ -100,10 +98,12 @@ class PerStepEM:
             range before its DDIM step (every observable's data lie in that range).
         schedule, t_max, t_min, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
-        callback: called after every level with ``{i, t, x, objective, lambdas}``.
+        callback: called after every level with a :class:`~probcomp.inference.LevelInfo`
+            holding ``i, t, x`` and ``objective, lambdas``.
     """
 
     name = "per-step-em"
+    label = "PerStepEM"
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class PerStepEM:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         progress: bool = False,
-        callback: Callable[[dict[str, Any]], None] | None = None,
+        callback: Callable[[LevelInfo], None] | None = None,
     ) -> None:
         if inner_steps < 0:
             raise ScheduleError(f"inner_steps must be >= 0, got {inner_steps}")
@@ -139,33 +139,37 @@ class PerStepEM:
             raise ScheduleError(f"eta must lie in [0, 1], got {eta}")
         if tol is not None and not tol >= 0:
             raise ScheduleError(f"tol must be >= 0 or None, got {tol}")
-        self.ts = sched.time_grid(steps, t_max=t_max, t_min=t_min)
+        super().__init__(
+            steps,
+            schedule=schedule,
+            t_max=t_max,
+            t_min=t_min,
+            group=group,
+            dtype=dtype,
+            device=device,
+            progress=progress,
+            callback=callback,
+        )
         self.steps, self.inner_steps = int(steps), int(inner_steps)
         self.optimizer, self.lr, self.tol = optimizer, float(lr), tol
         self.lambdas, self.lambda_l1 = bool(lambdas), float(lambda_l1)
         self.lambda_lr = float(lambda_lr) if lambda_lr is not None else self.lr
         self.eta = float(eta)
-        self.schedule = schedule if schedule is not None else sched.linear()
         self.clip_x0 = check_clip(clip_x0)
-        self.group, self.dtype, self.device = group, dtype, torch.device(device)
-        self.progress, self.callback = progress, callback
 
     # ------------------------------------------------------------------------------
-    def compile(self, scene: Scene) -> CompiledScene:
-        """Validate ``scene`` and build its terms; it needs at least one diffusion observable."""
-        compiled = CompiledScene(scene, self.schedule, group=self.group)
-        compiled.require_value_observables("PerStepEM")
+    def check_compiled(self, compiled: CompiledScene) -> None:
+        """The scene needs at least one diffusion observable."""
         if not self._observables(compiled):
             raise SceneError(
                 "PerStepEM moves the controls through the DDIM steps of diffusion factors; the "
                 "scene has only priors and explicit factors (use AnnealedMCMC or ReverseDiffusion)"
             )
-        return compiled
 
     def _observables(self, compiled: CompiledScene) -> list[_Observable]:
         by_name: dict[str, list[Term]] = {}
         for term in compiled.terms:
-            if not _is_energy_term(term):
+            if term.kind == "score":
                 by_name.setdefault(term.observable, []).append(term)
         scene = compiled.scene
         return [
@@ -174,62 +178,52 @@ class PerStepEM:
         ]
 
     def run(
-        self, scene: Scene | CompiledScene, num_samples: int = 1000, *, seed: int = 0, num_chains: int = 1
+        self, scene: Scene | CompiledScene, num_samples: int = 1000, *, seed: Any = 0, num_chains: int = 1
     ) -> Result:
         """Run the per-level EM loop from ``num_samples`` noise draws; same ``seed``, same result."""
-        compiled = prepare(self, scene, num_samples)
+        compiled = self.prepare(scene, num_samples)
         compiled.reset_counters()
         observables = self._observables(compiled)
-        energy_terms = [t for t in compiled.terms if _is_energy_term(t)]
-        gen = torch.Generator(self.device).manual_seed(int(seed))
+        gen, seed = self.generator(seed)
         n = num_samples
         x = compiled.noise(n, gen, dtype=self.dtype, device=self.device)
-        lam_t = self.schedule.log_snr(self.ts)
-        alpha, sigma = torch.sigmoid(lam_t).sqrt().tolist(), torch.sigmoid(-lam_t).sqrt().tolist()
         m = len(observables)
-        rec: dict[str, list[float]] = {
-            k: [] for k in ("objective_before", "objective_after", "inner_steps", "nfe")
-        }
-        rec.update(lambda_mean=[], lambda_std=[])
+        rec = LevelRecords(
+            "objective_before", "objective_after", "inner_steps", "nfe", "lambda_mean", "lambda_std"
+        )
         objective = torch.zeros(n, dtype=torch.float64)
         lam = torch.ones(n, m, dtype=self.dtype, device=self.device)
         start = time.perf_counter()
-        bar = tqdm(range(self.steps), desc="per-step EM", disable=not self.progress, leave=False)
-        for i in bar:
-            t, s = float(self.ts[i]), float(self.ts[i + 1])
+        for lv in self.levels("per-step EM"):
+            i, t, s = lv.i, lv.t, lv.next_t
             nfe0 = compiled.nfe_total
-            step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta, self.clip_x0)
+            step = lv.reverse_step(self.eta, self.clip_x0)
             with torch.no_grad():
                 targets = self._ddim_targets(compiled, observables, x, t, step, gen)
-            x_new, lam, obj_before, obj_after, used = self._solve(
-                compiled, x, targets, observables, energy_terms, s
-            )
+            x_new, lam, obj_before, obj_after, used = self._solve(compiled, x, targets, observables, s)
             if not all(bool(torch.isfinite(v).all()) for v in x_new.values()):
                 compiled.diagnose(
                     x, t, f"in the optimisation of level t={t:.4g} -> {s:.4g} (try a smaller lr)"
                 )
             x = x_new
             objective = obj_after.double().cpu()
-            rec["objective_before"].append(float(obj_before.mean()))
-            rec["objective_after"].append(float(obj_after.mean()))
-            rec["inner_steps"].append(float(used))
-            rec["lambda_mean"].append(float(lam.mean()))
-            rec["lambda_std"].append(float(lam.std()) if lam.numel() > 1 else 0.0)
-            rec["nfe"].append(float(compiled.nfe_total - nfe0))
-            if self.callback is not None:
-                self.callback({"i": i, "t": t, "x": x, "objective": obj_after, "lambdas": lam})
+            rec.add(
+                objective_before=float(obj_before.mean()),
+                objective_after=float(obj_after.mean()),
+                inner_steps=float(used),
+                lambda_mean=float(lam.mean()),
+                lambda_std=float(lam.std()) if lam.numel() > 1 else 0.0,
+                nfe=float(compiled.nfe_total - nfe0),
+            )
+            self.notify(i, t, x, objective=obj_after, lambdas=lam)
         finite_or_raise(x, "at the end of PerStepEM")
         stats = {
-            "nfe": dict(compiled.nfe),
-            "nfe_total": compiled.nfe_total,
-            "calls": compiled.calls,
-            "wall_time": time.perf_counter() - start,
-            "t": self.ts[:-1].clone(),
+            **self.base_stats(compiled, time.perf_counter() - start, seed),
             "steps": self.steps,
             "inner_steps_max": self.inner_steps,
             "optimizer": self.optimizer,
             "eta": self.eta,
-            **{k: torch.tensor(v, dtype=torch.float64) for k, v in rec.items()},
+            **rec.tensors(),
         }
         particle = {"objective": objective}
         if self.lambdas:
@@ -246,28 +240,10 @@ class PerStepEM:
         step: ReverseStep,
         gen: torch.Generator,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """Per observable ``(base, direction, noise)``: ``y^s(lambda) = base + lambda direction + noise``.
-
-        Terms that share a factor object are scored in one batched call: the compiled
-        scene's groups, less the energy terms.
-        """
+        """Per observable ``(base, direction, noise)``: ``y^s(lambda) = base + lambda direction + noise``
+        (one batched score call per shared factor: :meth:`CompiledScene.observable_scores`)."""
         ys = {o.name: o.fn(*[x[p] for p in o.parents]) for o in observables}
-        scores: dict[str, torch.Tensor] = {}
-        groups = [[t for t in g if not _is_energy_term(t)] for g in compiled.groups]
-        for group in filter(None, groups):
-            factor = group[0].factor
-            batch = torch.cat([ys[term.observable] for term in group])
-            out = factor.score(batch, compiled.factor_time(factor, t))
-            compiled.calls += 1
-            if not bool(torch.isfinite(out).all()):
-                compiled.diagnose(x, t, f"in the DDIM step of level t={t:.4g}")
-            for k, term in enumerate(group):
-                compiled.nfe[term.key] += factor.cost
-                n = ys[term.observable].shape[0]
-                part = term.weight * out[k * n : (k + 1) * n]
-                scores[term.observable] = (
-                    part if term.observable not in scores else scores[term.observable] + part
-                )
+        scores = compiled.observable_scores(x, t, values=ys)
         c = step.noise
         out_targets = []
         for o in observables:
@@ -285,7 +261,6 @@ class PerStepEM:
         lam: torch.Tensor,
         targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
         observables: list[_Observable],
-        energy_terms: list[Term],
         s: float,
     ) -> torch.Tensor:
         """Eq. 41 per particle (Eq. 29 when ``lambda = 1`` is fixed), plus the energy terms at ``s``."""
@@ -299,12 +274,9 @@ class PerStepEM:
             total = total + r.square().sum(1) / (2 * o.psi**2)
         if self.lambdas:
             total = total + self.lambda_l1 * (lam - 1).abs().sum(1)
-        for term in energy_terms:
-            y = term.fn(*[x[p] for p in term.parents])
-            total = total + term.weight * term.factor.energy(y, compiled.factor_time(term.factor, s))
-        return total
+        return compiled.energy(x, s, kinds=ENERGY_KINDS, initial=total)
 
-    def _solve(self, compiled, x0, targets, observables, energy_terms, s):
+    def _solve(self, compiled, x0, targets, observables, s):
         """``inner_steps`` optimiser steps from ``x0``; returns ``(x, lambda, before, after, used)``."""
         x = {k: v.detach().clone().requires_grad_(True) for k, v in x0.items()}
         n = next(iter(x0.values())).shape[0]
@@ -313,11 +285,11 @@ class PerStepEM:
         )
 
         def objective() -> torch.Tensor:
-            return self._objective(compiled, x, lam, targets, observables, energy_terms, s)
+            return self._objective(compiled, x, lam, targets, observables, s)
 
         newton = self.optimizer == "gauss-newton"
         if newton:
-            curv = self._curvature(compiled, x, observables, energy_terms, s)
+            curv = self._curvature(compiled, x, observables, s)
             lam_curv = torch.stack(
                 [
                     d.reshape(n, -1).square().sum(1) / o.psi**2
@@ -389,7 +361,7 @@ class PerStepEM:
         scale = torch.where(todo, torch.zeros_like(scale), scale)
         move()
 
-    def _curvature(self, compiled, x, observables, energy_terms, s) -> dict[str, torch.Tensor]:
+    def _curvature(self, compiled, x, observables, s) -> dict[str, torch.Tensor]:
         """Diagonal curvature per control: ``sum_i (J_i^T v)^2 / psi_i^2`` (the data term's
         Gauss-Newton diagonal from one Rademacher probe ``v``, exact when every output of
         ``f_i`` reads one input) plus ``max(v * H v, 0)`` of the energy terms (Hutchinson)."""
@@ -399,14 +371,10 @@ class PerStepEM:
             return torch.randint(0, 2, like.shape, generator=gen, device=like.device).to(like.dtype) * 2 - 1
 
         curv = {k: torch.zeros_like(v) for k, v in x.items()}
-        if energy_terms:
+        if any(t.kind in ENERGY_KINDS for t in compiled.terms):
             names = list(x)
             with torch.enable_grad():
-                e = sum(
-                    t.weight
-                    * t.factor.energy(t.fn(*[x[p] for p in t.parents]), compiled.factor_time(t.factor, s))
-                    for t in energy_terms
-                )
+                e = compiled.energy(x, s, kinds=ENERGY_KINDS)
                 grads = torch.autograd.grad(
                     e.sum(), [x[k] for k in names], create_graph=True, allow_unused=True
                 )
@@ -439,3 +407,10 @@ class PerStepEM:
         h = curv.clamp_min(1e-12)
         unreg = lam - smooth / h - 1
         lam.copy_(1 + torch.sign(unreg) * (unreg.abs() - self.lambda_l1 / h).clamp_min(0))
+
+
+register(
+    "per-step-em",
+    lambda steps, steps_per_level, progress: PerStepEM(steps, progress=progress),
+    "per-level DDIM steps of every observable, then optimisation of the controls",
+)

@@ -24,7 +24,7 @@ score evaluations per particle, ``D`` the control dimension; so for low-dimensio
 controls).  It is exact when ``p(x_0 | x_t)`` is Gaussian (a Gaussian target, at any
 ``t_min``), and it lets a sampler stop at a noise level where learned scores are still
 trustworthy: below it they extrapolate away from their training data (a composed unseen
-attribute combination, issue 7).
+attribute combination).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene
@@ -43,14 +42,15 @@ from probcomp.errors import ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .steps import Packer, ReverseStep, check_clip, prepare
+from .base import DiffusionEngine, LevelInfo, register
+from .steps import Packer, check_clip
 
 __all__ = ["TWEEDIE_MAX_DIM", "ReverseDiffusion"]
 
 TWEEDIE_MAX_DIM = 256  # last_step="tweedie": 2 x D score evaluations and a D x D eigensolve per particle
 
 
-class ReverseDiffusion:
+class ReverseDiffusion(DiffusionEngine):
     """DDPM / DDIM sampler over the control variables of a scene.
 
     Args:
@@ -70,10 +70,12 @@ class ReverseDiffusion:
         group: evaluate observables that share a factor in one batched call.
         dtype, device: of the particles.
         progress: show a tqdm bar over levels.
-        callback: called after every step with a dict ``{i, t, x, x0_hat, grad}``.
+        callback: called after every step with a :class:`~probcomp.inference.LevelInfo`
+            holding ``i, t, x`` and ``x0_hat, grad``.
     """
 
     name = "reverse-diffusion"
+    label = "ReverseDiffusion"
 
     def __init__(
         self,
@@ -90,7 +92,7 @@ class ReverseDiffusion:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         progress: bool = False,
-        callback: Callable[[dict[str, Any]], None] | None = None,
+        callback: Callable[[LevelInfo], None] | None = None,
     ) -> None:
         if sampler not in ("ddpm", "ddim"):
             raise ScheduleError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
@@ -102,18 +104,23 @@ class ReverseDiffusion:
             raise ScheduleError(f"eta must lie in [0, 1], got {eta}")
         if last_step not in ("mean", "tweedie"):
             raise ScheduleError(f"last_step must be 'mean' or 'tweedie', got {last_step!r}")
+        super().__init__(
+            steps,
+            schedule=schedule,
+            t_max=t_max,
+            t_min=t_min,
+            group=group,
+            dtype=dtype,
+            device=device,
+            progress=progress,
+            callback=callback,
+        )
         self.last_step = last_step
-        self.ts = sched.time_grid(steps, t_max=t_max, t_min=t_min)
         self.steps, self.sampler, self.eta = steps, sampler, float(eta)
-        self.schedule = schedule if schedule is not None else sched.linear()
         self.clip_x0 = check_clip(clip_x0)
-        self.group, self.dtype, self.device = group, dtype, torch.device(device)
-        self.progress, self.callback = progress, callback
 
-    def compile(self, scene: Scene) -> CompiledScene:
-        """Validate ``scene`` and build its batched target."""
-        compiled = CompiledScene(scene, self.schedule, group=self.group)
-        compiled.require_value_observables("ReverseDiffusion")
+    def check_compiled(self, compiled: CompiledScene) -> None:
+        """Refuse Tweedie's last step on controls too large for its Jacobian."""
         if self.last_step == "tweedie":
             dim = sum(math.prod(shape) for shape in compiled.shapes.values())
             if dim > TWEEDIE_MAX_DIM:
@@ -123,35 +130,30 @@ class ReverseDiffusion:
                     f"evaluations; the controls have D = {dim} elements ({sizes}), more than "
                     f"TWEEDIE_MAX_DIM = {TWEEDIE_MAX_DIM}; use last_step='mean'"
                 )
-        return compiled
 
     def run(
         self,
         scene: Scene | CompiledScene,
         num_samples: int = 1000,
         *,
-        seed: int = 0,
+        seed: Any = 0,
         num_chains: int = 1,
     ) -> Result:
         """Draw ``num_samples`` particles; same ``seed``, same samples."""
-        compiled = prepare(self, scene, num_samples)
+        compiled = self.prepare(scene, num_samples)
         compiled.reset_counters()
-        gen = torch.Generator(self.device).manual_seed(int(seed))
+        gen, seed = self.generator(seed)
         x = compiled.noise(num_samples, gen, dtype=self.dtype, device=self.device)
-        lam = self.schedule.log_snr(self.ts)
-        abar = torch.sigmoid(lam)
-        alpha, sigma = abar.sqrt().tolist(), torch.sigmoid(-lam).sqrt().tolist()
         grad_norm = torch.empty(self.steps, num_samples, dtype=self.dtype)
         start = time.perf_counter()
-        levels = tqdm(range(self.steps), desc="reverse diffusion", disable=not self.progress, leave=False)
         with torch.no_grad():
-            for i in levels:
-                t = float(self.ts[i])
+            for lv in self.levels("reverse diffusion"):
+                i, t = lv.i, lv.t
                 g = compiled.target(x, t, check=False).grad
-                step = ReverseStep(alpha[i], sigma[i], alpha[i + 1], sigma[i + 1], self.eta, self.clip_x0)
+                step = lv.reverse_step(self.eta, self.clip_x0)
                 x0 = {k: step.x0(xk, g[k]) for k, xk in x.items()}
                 if self.last_step == "tweedie" and i == self.steps - 1:
-                    new = self._tweedie(compiled, x, t, g, alpha[i], sigma[i], gen)
+                    new = self._tweedie(compiled, x, t, g, lv.alpha, lv.sigma, gen)
                 else:
                     new = {k: step(xk, g[k], gen) for k, xk in x.items()}
                 sq = sum(gk.reshape(num_samples, -1).square().sum(1) for gk in g.values())
@@ -159,16 +161,10 @@ class ReverseDiffusion:
                 if not all(bool(torch.isfinite(v).all()) for v in new.values()):
                     compiled.diagnose(x, t, f"in the reverse step at t={t:.4g}")
                 x = new
-                if self.callback is not None:
-                    self.callback({"i": i, "t": t, "x": x, "x0_hat": x0, "grad": g})
-        wall = time.perf_counter() - start
+                self.notify(i, t, x, x0_hat=x0, grad=g)
         stats = {
-            "nfe": dict(compiled.nfe),
-            "nfe_total": compiled.nfe_total,
-            "calls": compiled.calls,
-            "wall_time": wall,
-            "t": self.ts[:-1].clone(),
-            "abar": abar[:-1].clone(),
+            **self.base_stats(compiled, time.perf_counter() - start, seed),
+            "abar": torch.sigmoid(self.schedule.log_snr(self.ts))[:-1].clone(),
             "sampler": self.sampler,
             "eta": self.eta,
             "steps": self.steps,
@@ -215,3 +211,15 @@ class ReverseDiffusion:
         if self.clip_x0 is not None:
             out = out.clamp(*self.clip_x0)
         return pack.unpack(out)
+
+
+register(
+    "ddpm",
+    lambda steps, steps_per_level, progress: ReverseDiffusion(steps, "ddpm", progress=progress),
+    "DDPM on the summed scores (the composable-diffusion baseline)",
+)
+register(
+    "ddim",
+    lambda steps, steps_per_level, progress: ReverseDiffusion(steps, "ddim", progress=progress),
+    "deterministic DDIM on the summed scores",
+)

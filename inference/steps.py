@@ -16,25 +16,9 @@ from typing import Any
 
 import torch
 
-from probcomp.compiled import CompiledScene
-from probcomp.errors import SceneError, ScheduleError
-from probcomp.program import scene_from_pyro
-from probcomp.scene import Scene
+from probcomp.errors import ScheduleError
 
-__all__ = ["Packer", "ReverseStep", "prepare"]
-
-
-def prepare(engine: Any, scene: Any, num_samples: Any) -> CompiledScene:
-    """Check ``num_samples`` and return ``scene`` compiled for ``engine`` (compiling it if needed;
-    a zero-argument Pyro program is turned into a scene by :func:`probcomp.scene_from_pyro`)."""
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise SceneError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if callable(scene) and not isinstance(scene, (Scene, CompiledScene)):  # a Pyro program
-        scene = scene_from_pyro(scene)
-    compiled = scene if isinstance(scene, CompiledScene) else engine.compile(scene)
-    if compiled.schedule != engine.schedule:
-        raise ScheduleError("the scene was compiled for a different schedule than this engine's")
-    return compiled
+__all__ = ["Packer", "ReverseStep", "check_clip"]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an inference engine on a scene file (defines `scene` or `program`)")
     r.add_argument("scene", help="a Python file defining `scene` or `program`")
     r.add_argument(
-        "--engine", default="annealed-hmc", help="ddpm, ddim, annealed-{ula,mala,uhmc,hmc}, per-step-em"
+        "--engine",
+        default="annealed-hmc",
+        help="a registered engine: ddpm, ddim, annealed-{ula,mala,uhmc,hmc}, per-step-em, or your own "
+        "(probcomp.inference.register); default annealed-hmc",
     )
     r.add_argument("--samples", type=int, default=1000)
     r.add_argument("--steps", type=int, default=100, help="noise levels (default 100)")
@@ -127,13 +130,19 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _bench(name: str, extra: list[str]) -> int:
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    """Run ``benchmarks/NAME.py`` of the source checkout: the one this package was installed from
+    (editable install) or the one in the current directory (any install)."""
+    places = [Path(__file__).resolve().parents[1] / "benchmarks", Path.cwd() / "benchmarks"]
+    bench = next((b for b in places if b.is_dir()), None)
+    if bench is None:
+        raise ProbcompError(
+            "benchmarks are scripts of the source checkout and none was found beside the package or in "
+            "the current directory; run `probcomp bench` from a probcomp checkout"
+        )
     script = bench / f"{name}.py"
     if not script.is_file():
-        known = sorted(q.stem for q in bench.glob("[!_]*.py")) if bench.is_dir() else []
-        raise ProbcompError(
-            f"no benchmark {name!r}" + (f"; known: {known}" if known else " (benchmarks/ not found)")
-        )
+        known = sorted(q.stem for q in bench.glob("[!_]*.py"))
+        raise ProbcompError(f"no benchmark {name!r} in {bench}; known: {known}")
     return subprocess.run([sys.executable, str(script), *extra], check=False).returncode
 
 

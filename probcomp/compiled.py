@@ -4,14 +4,22 @@ r"""A scene compiled into a target gradient over the control variables.
 scene and engine schedule, and holds
 
 * the control shapes;
-* the *terms*: one ``(observable, leaf factor, weight, fn, parents)`` per factor
+* the *terms*: one ``(observable, leaf factor, weight, fn, parents, kind)`` per factor
   evaluation, with composed factors (:class:`probcomp.compose.Composite`)
-  expanded into weighted leaves and each control's prior as a term of its own;
+  expanded into weighted leaves and each control's prior as a term of its own; a term's
+  ``kind`` is ``"prior"``, ``"explicit"`` (a density applied at ``t = 0``) or ``"score"``
+  (a diffusion factor);
 * the *groups*: terms that share one factor object are evaluated in a single
   batched call (their inputs concatenated along the particle axis);
 * NFE counters per term.
 
-At engine time ``t`` the target is (DESIGN.md, "Semantics")
+Every evaluation an engine makes goes through it, and it counts them: the composed
+target (:meth:`CompiledScene.target`), the weighted scores per observable
+(:meth:`CompiledScene.observable_scores`), the energies of chosen kinds of terms
+(:meth:`CompiledScene.energy`) and the noise-level derivative of the log-target
+(:meth:`CompiledScene.log_snr_derivative`).
+
+At engine time ``t`` the target is
 
 .. math::
     \nabla_X \log p_t(X) = \sum_i w_i\, J_{f_i}(X)^\top s_i\big(f_i(X), \tau_i(t)\big),
@@ -34,15 +42,21 @@ from . import ops
 from . import schedules as sched
 from .compose import Composite
 from .errors import NumericalError, SceneError, ShapeError
-from .factors import ScoreFactor
+from .factors import ExplicitFactor, ScoreFactor
 from .scene import Scene
 
-__all__ = ["CompiledScene", "Target", "Term", "finite_or_raise"]
+__all__ = ["TERM_KINDS", "CompiledScene", "Target", "Term", "finite_or_raise"]
+
+TERM_KINDS = ("prior", "explicit", "score")
 
 
 @dataclass(frozen=True)
 class Term:
-    """One weighted factor evaluation: ``w * log p(fn(*parents))``."""
+    """One weighted factor evaluation: ``w * log p(fn(*parents))``.
+
+    ``kind`` is ``"prior"`` (a control's prior), ``"explicit"`` (an
+    :class:`~probcomp.factors.ExplicitFactor`: a density at ``t = 0``) or ``"score"``.
+    """
 
     key: str
     observable: str
@@ -50,6 +64,7 @@ class Term:
     weight: float
     fn: ops.Op
     parents: tuple[str, ...]
+    kind: str = "score"
 
 
 class Target(NamedTuple):
@@ -80,7 +95,7 @@ class CompiledScene:
         for n in scene.controls:
             prior = scene[n]["prior_factor"]
             if prior is not None:
-                terms.append(Term(f"prior:{n}", n, prior, 1.0, ops.identity, (n,)))
+                terms.append(Term(f"prior:{n}", n, prior, 1.0, ops.identity, (n,), "prior"))
         for n in scene.observables:
             d = scene[n]
             if d["value"] is not None:
@@ -89,7 +104,8 @@ class CompiledScene:
             leaves = list(f.leaves()) if isinstance(f, Composite) else [(f, 1.0)]
             for k, (leaf, w) in enumerate(leaves):
                 key = n if len(leaves) == 1 else f"{n}[{k}:{leaf.name}]"
-                terms.append(Term(key, n, leaf, d["weight"] * w, d["fn"], d["parents"]))
+                kind = "explicit" if isinstance(leaf, ExplicitFactor) else "score"
+                terms.append(Term(key, n, leaf, d["weight"] * w, d["fn"], d["parents"], kind))
         self.terms = tuple(t for t in terms if t.weight != 0.0)
         by_factor: dict[int, list[Term]] = defaultdict(list)
         for t in self.terms:
@@ -217,6 +233,65 @@ class CompiledScene:
                     grads[k] = g if grads[k] is None else grads[k] + g
         out = {k: torch.zeros_like(x[k]) if g is None else g for k, g in grads.items()}
         return Target(out, log_p)
+
+    def observable_scores(
+        self,
+        x: dict[str, torch.Tensor],
+        t: Any,
+        *,
+        kinds: tuple[str, ...] = ("score",),
+        values: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Per observable, ``sum_k w_k s_k(f(X), t)`` over its terms of the given ``kinds``.
+
+        The scores of ``y = f(X)`` itself, not pulled back to the controls (per-step
+        optimisation moves each observable by its own denoising step); ``values`` may hold
+        observables' ``f(X)`` already computed.  Terms that share a factor object are scored
+        in one batched call; raises :class:`NumericalError` naming the factor if a score is
+        not finite.
+        """
+        ys: dict[str, torch.Tensor] = dict(values or {})
+        scores: dict[str, torch.Tensor] = {}
+        for group in self.groups:
+            group = tuple(term for term in group if term.kind in kinds)
+            if not group:
+                continue
+            for term in group:
+                if term.observable not in ys:
+                    ys[term.observable] = term.fn(*[x[p] for p in term.parents])
+            factor = group[0].factor
+            batch = torch.cat([ys[term.observable] for term in group])
+            out = factor.score(batch, self.factor_time(factor, t))
+            self.calls += 1
+            self._check_finite(out, None, group, t)
+            for k, term in enumerate(group):
+                self.nfe[term.key] += factor.cost
+                n = ys[term.observable].shape[0]
+                part = term.weight * out[k * n : (k + 1) * n]
+                o = term.observable
+                scores[o] = part if o not in scores else scores[o] + part
+        return scores
+
+    def energy(
+        self,
+        x: dict[str, torch.Tensor],
+        t: Any,
+        *,
+        kinds: tuple[str, ...] = ("prior", "explicit"),
+        initial: torch.Tensor | float = 0.0,
+    ) -> torch.Tensor | float:
+        """``initial + sum_j w_j E_j(g_j(X), t)`` per particle over the terms of the given
+        ``kinds``, accumulated in term order onto ``initial`` (differentiable).
+
+        Closed-form terms (priors and explicit densities) are what engines ask for here;
+        they are not network evaluations and are not counted in ``nfe``.
+        """
+        total = initial
+        for term in self.terms:
+            if term.kind in kinds:
+                y = term.fn(*[x[p] for p in term.parents])
+                total = total + term.weight * term.factor.energy(y, self.factor_time(term.factor, t))
+        return total
 
     def log_snr_derivative(
         self, x: dict[str, torch.Tensor], t: float, *, fd_step: float = 1e-3

@@ -20,17 +20,7 @@ from .program import scene_from_pyro
 from .results import Result
 from .scene import Scene
 
-__all__ = ["ENGINES", "load_scene", "make_engine", "run_query", "summary"]
-
-ENGINES = (
-    "ddpm",
-    "ddim",
-    "annealed-ula",
-    "annealed-mala",
-    "annealed-uhmc",
-    "annealed-hmc",
-    "per-step-em",
-)
+__all__ = ["engine_names", "load_scene", "make_engine", "run_query", "summary"]
 
 
 def load_scene(path: str | Path) -> Scene:
@@ -51,19 +41,18 @@ def load_scene(path: str | Path) -> Scene:
     raise SceneError(f"scene file {str(p)!r} defines neither `scene` (a probcomp.Scene) nor `program`")
 
 
-def make_engine(name: str, steps: int, steps_per_level: int, progress: bool) -> Any:
-    """The engine called ``name`` at ``steps`` levels (``steps_per_level`` MCMC transitions each)."""
-    from probcomp.inference import AnnealedMCMC, PerStepEM, ReverseDiffusion
+def engine_names() -> list[str]:
+    """The engines ``probcomp run --engine`` accepts: the registry of :mod:`probcomp.inference.base`."""
+    from probcomp.inference import engine_names as names
 
-    if name not in ENGINES:
-        raise SceneError(f"unknown engine {name!r}; choose from {list(ENGINES)}")
-    if steps < 1 or steps_per_level < 0:
-        raise SceneError("--steps must be >= 1 and --steps-per-level >= 0")
-    if name in ("ddpm", "ddim"):
-        return ReverseDiffusion(steps, name, progress=progress)
-    if name == "per-step-em":
-        return PerStepEM(steps, progress=progress)
-    return AnnealedMCMC(name.split("-", 1)[1], steps_per_level, steps, progress=progress)
+    return names()
+
+
+def make_engine(name: str, steps: int, steps_per_level: int, progress: bool) -> Any:
+    """The engine registered as ``name`` at ``steps`` levels (``steps_per_level`` MCMC transitions each)."""
+    from probcomp.inference import make_engine as make
+
+    return make(name, steps=steps, steps_per_level=steps_per_level, progress=progress)
 
 
 def run_query(

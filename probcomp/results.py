@@ -26,6 +26,14 @@ class Result:
 
     The ``N`` particles are split into ``num_chains`` consecutive blocks of
     equal size, which become ArviZ chains.
+
+    Engines that optimise rather than sample (concept inversion) also set
+
+    * ``res.point`` -- the answer, one value per control with no particle axis; then
+      ``res[name]`` is ``res.point[name]`` and the samples are the restarts' final values;
+    * ``res.loss`` -- the answer's objective; ``res.traces`` -- ``(R, steps)`` objective
+      per restart and step (NaN once pruned);
+    * ``res.per_k`` -- with a choice of the number of concepts, every ``K``'s result.
     """
 
     def __init__(
@@ -36,7 +44,13 @@ class Result:
         *,
         num_chains: int = 1,
         engine: str = "",
+        point: Mapping[str, torch.Tensor] | None = None,
+        loss: float | None = None,
+        traces: torch.Tensor | None = None,
     ) -> None:
+        self.point = dict(point) if point is not None else None
+        self.loss, self.traces = loss, traces
+        self.per_k: dict[int, Result] = {}
         self.samples = dict(samples)
         self.stats = dict(stats)
         self.particle_stats = dict(particle_stats or {})
@@ -52,7 +66,35 @@ class Result:
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.samples:
             raise SceneError(f"no samples of {name!r}; the result has {sorted(self.samples)}")
-        return self.samples[name]
+        return self.point[name] if self.point is not None else self.samples[name]
+
+    # The answer of an optimising engine (see the class docstring) ------------------------
+    @property
+    def concepts(self) -> dict[str, torch.Tensor]:
+        """The inferred value of every control (``res.point``)."""
+        if self.point is None:
+            raise SceneError(f"{self.engine} returns samples, not a point estimate: use res[name]")
+        return self.point
+
+    @property
+    def restart_concepts(self) -> dict[str, torch.Tensor]:
+        """Every restart's final value, ``(R, *shape)`` per control (the samples)."""
+        return self.samples
+
+    @property
+    def restart_losses(self) -> torch.Tensor | None:
+        """Every restart's re-scored loss ``(R,)`` (NaN where pruned)."""
+        return self.particle_stats.get("loss")
+
+    @property
+    def k(self) -> int | None:
+        """The chosen number of concepts (with a choice of ``K``)."""
+        return self.stats.get("k")
+
+    @property
+    def k_losses(self) -> dict[int, float]:
+        """The minimised loss of every ``K`` tried (with a choice of ``K``)."""
+        return self.stats.get("k_losses", {})
 
     def __contains__(self, name: str) -> bool:
         return name in self.samples
@@ -62,6 +104,9 @@ class Result:
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self.samples.items())
+        if self.point is not None:
+            k = f", K={self.k}" if self.k is not None else ""
+            return f"Result({self.engine}: loss={self.loss:.5g}{k}, controls={sorted(self.point)})"
         return (
             f"Result({self.engine}: {shapes}; nfe={self.stats.get('nfe_total')}, "
             f"wall_time={self.stats.get('wall_time', float('nan')):.3g}s)"

@@ -10,6 +10,7 @@ from probcomp import metrics, targets
 from probcomp.factors import Gaussian, GaussianMixture
 from probcomp.inference import AnnealedMCMC
 from probcomp.inference.annealed_mcmc import KERNELS
+from probcomp.inference.kernels import HMC, EnergyTest
 
 
 def _scene(*factors, d=2):
@@ -27,21 +28,20 @@ def _level_states(engine, scene, n, seed=0):
     return seen, engine.run(scene, n, seed=seed)
 
 
-class _NoKinetic(AnnealedMCMC):
+class _NoKinetic(HMC):
     """A broken HMC that leaves the kinetic energy out of its test (must fail the variance check)."""
 
-    def _accept(self, log_a, x, g, logp, p, x1, g1, logp1, p1, gen, *, flip):
-        return super()._accept(logp1 - logp, x, g, logp, p, x1, g1, logp1, p1, gen, flip=flip)
+    def log_accept(self, d_logp, start, end):
+        return d_logp
 
 
-@pytest.mark.parametrize("engine_cls, ok", [(AnnealedMCMC, True), (_NoKinetic, False)])
-def test_hmc_with_a_large_step_keeps_the_exact_variance(engine_cls, ok):
+@pytest.mark.parametrize("kernel, ok", [("hmc", True), (_NoKinetic(EnergyTest(), damping=1.0), False)])
+def test_hmc_with_a_large_step_keeps_the_exact_variance(kernel, ok):
     """Standard normal target (its noised version is standard normal at every t): the start is
     stationary, so 30 HMC transitions with a large leapfrog step must keep variance 1."""
     f = Gaussian(torch.zeros(4), torch.eye(4))
-    eng = engine_cls(
-        "hmc", 30, 1, step_size=lambda t: 0.5 * 1.4**2, damping=1.0, metropolis="energy", t_max=0.5
-    )
+    test = {"metropolis": "energy", "damping": 1.0} if kernel == "hmc" else {}
+    eng = AnnealedMCMC(kernel, 30, 1, step_size=lambda t: 0.5 * 1.4**2, t_max=0.5, **test)
     seen, res = _level_states(eng, _scene(f, d=4), 4000)
     var = float(seen[0].var(0).mean())
     assert 0.2 < res.stats["accept_mean"] < 0.95
@@ -78,19 +78,19 @@ def test_score_test_is_approximate_on_a_mixture_and_more_points_help():
     ring, _, _ = targets.analytic_ring_bar()
     eng = AnnealedMCMC("mala", 1, 1)
     comp = eng.compile(_scene(ring))
-    from probcomp.inference.annealed_mcmc import _Target
+    from probcomp.inference.kernels import FlatTarget, KernelState, ScoreLineTest
     from probcomp.inference.steps import Packer
 
-    tg = _Target(comp, Packer(comp.shapes), energy=True)
+    tg = FlatTarget(comp, Packer(comp.shapes), energy=True)
     x = ring.sample(256, torch.Generator().manual_seed(0))
     x1 = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     t = 0.02
     (g, lp), (g1, lp1) = tg(x, t), tg(x1, t)
     exact = lp1 - lp
     errs = []
+    start, end = KernelState(x, g, lp, x), KernelState(x1, g1, lp1, x1)
     for n in (2, 4, 8):
-        eng.trapezoid_points = n
-        errs.append(float((eng._delta(tg, "score", x, x1, g, g1, lp, lp1, t, None) - exact).abs().mean()))
+        errs.append(float((ScoreLineTest(n).log_ratio(tg, t, start, end) - exact).abs().mean()))
     assert errs[0] > 1e-3 and errs[2] < errs[1] < errs[0]
 
 

@@ -1,0 +1,266 @@
+r"""The contract every engine shares: configuration, compilation, the level loop, stats, callbacks.
+
+An engine is configured once (its constructor), compiles a scene once
+(:meth:`Engine.compile`) and runs the compiled form (:meth:`Engine.run`), returning one
+:class:`~probcomp.results.Result`.  Engines that walk a descending grid of noise levels
+(reverse diffusion, annealed MCMC, per-step optimisation) derive from
+:class:`DiffusionEngine`, which owns the grid ``t_0 = t_max > ... > t_{L-1} = t_min > t_L = 0``
+and, per level, the variance-preserving coefficients at equal log-SNR ``lambda(t)``,
+
+.. math:: \alpha_t = \sqrt{\operatorname{sigmoid}(\lambda(t))}, \qquad
+          \sigma_t = \sqrt{\operatorname{sigmoid}(-\lambda(t))},
+
+handed to the loop as :class:`Level` records.  After every level (or optimiser step) an
+engine calls the user's callback with one :class:`LevelInfo`.
+
+A new engine is a subclass plus a registry entry (:func:`register`), after which it is
+listed by :func:`engine_names` and runs from ``probcomp run --engine NAME``.
+"""
+
+from __future__ import annotations
+
+import numbers
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from tqdm.auto import tqdm
+
+from probcomp import schedules as sched
+from probcomp.compiled import CompiledScene
+from probcomp.errors import SceneError, ScheduleError
+from probcomp.program import scene_from_pyro
+from probcomp.scene import Scene
+
+from .steps import ReverseStep
+
+__all__ = [
+    "DiffusionEngine",
+    "Engine",
+    "Level",
+    "LevelInfo",
+    "LevelRecords",
+    "engine_names",
+    "make_engine",
+    "register",
+]
+
+SEED_MAX = 2**63  # torch.Generator.manual_seed takes any int below 2**64; keep to int64
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level ``i`` of the grid: engine time ``t`` and the next ``next_t`` with their coefficients."""
+
+    i: int
+    t: float
+    next_t: float
+    alpha: float
+    sigma: float
+    next_alpha: float
+    next_sigma: float
+
+    def reverse_step(self, eta: float, clip: tuple[float, float] | None = None) -> ReverseStep:
+        """The DDIM step from ``t`` to ``next_t`` with stochasticity ``eta`` (1: DDPM)."""
+        return ReverseStep(self.alpha, self.sigma, self.next_alpha, self.next_sigma, eta, clip)
+
+
+@dataclass
+class LevelInfo:
+    """What a callback sees after level (or step) ``i``: the state and the engine's diagnostics.
+
+    ``x`` is the state of every control, ``(N, *shape)``; ``values`` holds the engine's own
+    entries (reverse diffusion: ``x0_hat``, ``grad``; annealed MCMC: ``step_size``;
+    per-step EM: ``objective``, ``lambdas``; concept inversion: ``loss``, ``alive``).
+    ``info["name"]`` reads a field or a value, so a callback can treat it as a dict.
+    """
+
+    engine: str
+    i: int
+    t: float | None
+    x: Mapping[str, torch.Tensor]
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in ("engine", "i", "t", "x"):
+            return getattr(self, key)
+        if key in self.values:
+            return self.values[key]
+        raise KeyError(f"{self.engine} level info has no {key!r}; it has i, t, x and {sorted(self.values)}")
+
+    def keys(self) -> list[str]:
+        return ["engine", "i", "t", "x", *self.values]
+
+
+class LevelRecords:
+    """Per-level scalar diagnostics, collected as lists and returned as float64 tensors."""
+
+    def __init__(self, *names: str) -> None:
+        self.values: dict[str, list[float]] = {n: [] for n in names}
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.values[k].append(v)
+
+    def __getitem__(self, name: str) -> list[float]:
+        return self.values[name]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.tensor(v, dtype=torch.float64) for k, v in self.values.items()}
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int in ``[0, 2**63)``; ``None`` draws fresh entropy (recorded in the stats)."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(time.time_ns())))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise SceneError(f"seed must be an integer (or None for fresh entropy), got {seed!r}")
+    if not 0 <= int(seed) < SEED_MAX:
+        raise SceneError(f"seed must lie in [0, 2**63), got {seed}")
+    return int(seed)
+
+
+class Engine:
+    """Base of every engine: dtype, device, progress bar, callback, seeding and the registry name.
+
+    Subclasses set ``name`` and implement :meth:`run`; :meth:`notify` calls the callback.
+    """
+
+    name: ClassVar[str] = "engine"
+
+    def __init__(
+        self,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+        callback: Callable[[LevelInfo], None] | None = None,
+    ) -> None:
+        self.dtype, self.device = dtype, torch.device(device)
+        self.progress, self.callback = progress, callback
+
+    def generator(self, seed: Any) -> tuple[torch.Generator, int]:
+        """A generator on the engine's device seeded with ``seed``, and the seed used."""
+        s = check_seed(seed)
+        return torch.Generator(self.device).manual_seed(s), s
+
+    def notify(self, i: int, t: float | None, x: Mapping[str, torch.Tensor], **values: Any) -> None:
+        """Call the callback (if any) with a :class:`LevelInfo`."""
+        if self.callback is not None:
+            self.callback(LevelInfo(self.name, i, t, x, values))
+
+    def bar(self, n: int, desc: str) -> Iterator[int]:
+        return iter(tqdm(range(n), desc=desc, disable=not self.progress, leave=False))
+
+    def run(self, scene: Any, num_samples: int = 1000, *, seed: Any = 0, num_chains: int = 1) -> Any:
+        raise NotImplementedError
+
+
+class DiffusionEngine(Engine):
+    """An engine over a descending grid of noise levels on a :class:`CompiledScene`.
+
+    Args:
+        levels: number of noisy levels (the grid has ``levels + 1`` times, the last 0).
+        schedule: the engine's noise schedule (factors are matched to it by log-SNR).
+        t_max, t_min: the noisy levels are uniform from ``t_max`` to ``t_min``, then a last
+            step to 0 (:func:`probcomp.schedules.time_grid`; ``t_min = 0``: uniform to 0).
+        group: evaluate observables that share a factor in one batched call.
+        dtype, device, progress, callback: as in :class:`Engine`.
+    """
+
+    #: the engine's name in messages about scenes it cannot run
+    label: ClassVar[str] = "DiffusionEngine"
+
+    def __init__(
+        self,
+        levels: int,
+        *,
+        schedule: sched.Schedule | None = None,
+        t_max: float = 1.0,
+        t_min: float = sched.DEFAULT_T_MIN,
+        group: bool = True,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        progress: bool = False,
+        callback: Callable[[LevelInfo], None] | None = None,
+    ) -> None:
+        super().__init__(dtype=dtype, device=device, progress=progress, callback=callback)
+        self.ts = sched.time_grid(levels, t_max=t_max, t_min=t_min)
+        self.schedule = schedule if schedule is not None else sched.linear()
+        self.group = group
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.ts) - 1
+
+    def compile(self, scene: Scene) -> CompiledScene:
+        """Validate ``scene`` and build its batched target (then :meth:`check_compiled`)."""
+        compiled = CompiledScene(scene, self.schedule, group=self.group)
+        compiled.require_value_observables(self.label)
+        self.check_compiled(compiled)
+        return compiled
+
+    def check_compiled(self, compiled: CompiledScene) -> None:
+        """Engine-specific checks of a compiled scene (raise to refuse it)."""
+
+    def prepare(self, scene: Any, num_samples: Any) -> CompiledScene:
+        """Check ``num_samples`` and return ``scene`` compiled for this engine (compiling it if
+        needed; a zero-argument Pyro program becomes a scene by :func:`probcomp.scene_from_pyro`)."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+            raise SceneError(f"num_samples must be a positive integer, got {num_samples!r}")
+        if callable(scene) and not isinstance(scene, (Scene, CompiledScene)):  # a Pyro program
+            scene = scene_from_pyro(scene)
+        compiled = scene if isinstance(scene, CompiledScene) else self.compile(scene)
+        if compiled.schedule != self.schedule:
+            raise ScheduleError("the scene was compiled for a different schedule than this engine's")
+        return compiled
+
+    def levels(self, desc: str) -> Iterator[Level]:
+        """The grid's levels in order, with their coefficients (and a progress bar)."""
+        lam = self.schedule.log_snr(self.ts)
+        alpha, sigma = torch.sigmoid(lam).sqrt().tolist(), torch.sigmoid(-lam).sqrt().tolist()
+        ts = self.ts.tolist()
+        for i in self.bar(self.num_levels, desc):
+            yield Level(i, ts[i], ts[i + 1], alpha[i], sigma[i], alpha[i + 1], sigma[i + 1])
+
+    def base_stats(self, compiled: CompiledScene, wall_time: float, seed: int) -> dict[str, Any]:
+        """The stats every engine reports: NFE per term and in total, batched calls, wall time,
+        the noisy levels ``t`` and the seed."""
+        return {
+            "nfe": dict(compiled.nfe),
+            "nfe_total": compiled.nfe_total,
+            "calls": compiled.calls,
+            "wall_time": wall_time,
+            "t": self.ts[:-1].clone(),
+            "seed": seed,
+        }
+
+
+# The registry -------------------------------------------------------------------------
+EngineFactory = Callable[..., Engine]
+_REGISTRY: dict[str, tuple[EngineFactory, str]] = {}
+
+
+def register(name: str, factory: EngineFactory, help: str = "") -> None:
+    """Make ``factory(steps=..., steps_per_level=..., progress=...)`` available as engine ``name``
+    (``probcomp run --engine NAME``).  Re-registering a name replaces it."""
+    if not isinstance(name, str) or not name or " " in name:
+        raise SceneError(f"an engine name is a non-empty word, got {name!r}")
+    _REGISTRY[name] = (factory, help)
+
+
+def engine_names() -> list[str]:
+    """The registered engine names, in registration order."""
+    return list(_REGISTRY)
+
+
+def make_engine(name: str, *, steps: int = 100, steps_per_level: int = 10, progress: bool = False) -> Engine:
+    """The engine registered as ``name``, at ``steps`` levels (``steps_per_level`` MCMC transitions)."""
+    if name not in _REGISTRY:
+        raise SceneError(f"unknown engine {name!r}; choose from {engine_names()}")
+    for what, v, low in (("--steps", steps, 1), ("--steps-per-level", steps_per_level, 0)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+            raise SceneError(f"{what} must be an integer >= {low}, got {v!r}")
+    return _REGISTRY[name][0](steps=int(steps), steps_per_level=int(steps_per_level), progress=progress)

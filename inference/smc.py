@@ -1,0 +1,153 @@
+r"""Sequential Monte Carlo over noise levels: effective sample size, resampling, weight increments.
+
+Particles carry log-weights ``log w`` across the levels of an annealed sampler.  Moving
+from level ``t`` to ``s`` by a forward kernel ``F(x_s | x_t)`` (a reverse-diffusion step),
+with the forward noising ``B(x_t | x_s) = N(sqrt(abar_t / abar_s) x_s, 1 - abar_t / abar_s)``
+as the backward kernel, adds (Del Moral, Doucet & Jasra 2006, Eq. 31)
+
+.. math:: \Delta \log w = \log\pi_s(x_s) - \log\pi_t(x_t) + \log B(x_t | x_s) - \log F(x_s | x_t),
+
+and without a move (``x_s = x_t``) the annealed-importance ratio
+``log pi_s(x) - log pi_t(x)`` (Neal 2001).  Metropolis-adjusted moves that leave
+``pi_s`` invariant leave the weights alone.  When only scores exist, the change in
+noise level at fixed ``x`` comes from the Fokker-Planck equation integrated in log-SNR
+by the trapezoid rule, and the change in space from the score's line integral (in the
+spirit of the Feynman-Kac correctors of Skreta et al. 2025).
+
+Resampling draws ancestor indices from normalised weights: systematic and stratified
+(Kitagawa 1996; Douc, Cappé & Moulines 2005) and multinomial.  Every function here
+takes the log-weights of all particles and the uniforms explicitly (``generator`` draws
+them when they are not given), so a distributed run can all-gather the log-weights,
+draw the uniforms once and compute the same indices on every process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from .steps import ReverseStep
+
+__all__ = [
+    "RESAMPLERS",
+    "ais_increment",
+    "ess",
+    "kernel_log_ratio",
+    "line_integral",
+    "multinomial",
+    "resample",
+    "stratified",
+    "systematic",
+]
+
+
+def ess(log_w: torch.Tensor) -> float:
+    """Effective sample size ``(sum w)^2 / sum w^2`` of log-weights (Kong, Liu & Wong 1994)."""
+    w = torch.softmax(log_w, 0)
+    return float(1.0 / w.square().sum())
+
+
+def _uniform(shape: tuple[int, ...], log_w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, dtype=torch.float64, device=log_w.device)
+
+
+def _search(log_w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Ancestor of each point ``u`` in ``[0, 1)``: inverse CDF of the normalised weights."""
+    w = torch.softmax(log_w, 0)
+    return torch.searchsorted(torch.cumsum(w, 0), u).clamp(max=log_w.shape[0] - 1)
+
+
+def systematic(
+    log_w: torch.Tensor, generator: torch.Generator | None = None, *, u: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Systematic resampling: one uniform ``u``, points ``(u + i) / N``; returns ``(N,)`` indices."""
+    n = log_w.shape[0]
+    u = _uniform((), log_w, generator) if u is None else u
+    return _search(log_w, (u + torch.arange(n, dtype=torch.float64, device=log_w.device)) / n)
+
+
+def stratified(
+    log_w: torch.Tensor, generator: torch.Generator | None = None, *, u: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Stratified resampling: one uniform per stratum, points ``(u_i + i) / N``."""
+    n = log_w.shape[0]
+    u = _uniform((n,), log_w, generator) if u is None else u
+    return _search(log_w, (u + torch.arange(n, dtype=torch.float64, device=log_w.device)) / n)
+
+
+def multinomial(
+    log_w: torch.Tensor, generator: torch.Generator | None = None, *, u: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multinomial resampling: ``N`` independent draws (``N`` sorted uniforms)."""
+    n = log_w.shape[0]
+    u = _uniform((n,), log_w, generator) if u is None else u
+    return _search(log_w, u.sort().values)
+
+
+RESAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    "systematic": systematic,
+    "stratified": stratified,
+    "multinomial": multinomial,
+}
+
+
+def resample(log_w: torch.Tensor, generator: torch.Generator | None = None, method: str = "systematic"):
+    """Ancestor indices by the named method (``"systematic"``, ``"stratified"``, ``"multinomial"``)."""
+    if method not in RESAMPLERS:
+        from probcomp.errors import ScheduleError
+
+        raise ScheduleError(f"resampling must be one of {sorted(RESAMPLERS)}, got {method!r}")
+    return RESAMPLERS[method](log_w, generator)
+
+
+# Weight increments ---------------------------------------------------------------------------
+def ais_increment(log_p_new: torch.Tensor, log_p_old: torch.Tensor) -> torch.Tensor:
+    """``log pi_s(x_s) - log pi_t(x_t)`` from exact log-densities (float64)."""
+    return log_p_new.double() - log_p_old.double()
+
+
+def line_integral(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    x1: torch.Tensor,
+    g: torch.Tensor,
+    g1: torch.Tensor,
+    points: int,
+    *,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    r"""``log pi(x1) - log pi(x) = int_0^1 g(x + u (x1 - x)) . (x1 - x) du`` per particle.
+
+    The trapezoid rule on ``points`` equally spaced points (Sjöberg et al. 2023); ``g`` and
+    ``g1`` are the scores at the ends, ``score`` is called at the ``points - 2`` interior ones.
+    With ``dtype`` the sum is cast before the final division (weights accumulate in float64).
+    """
+    d = x1 - x
+    total = (g * d).sum(1) / 2 + (g1 * d).sum(1) / 2
+    for j in range(1, points - 1):
+        total = total + (score(x + (j / (points - 1)) * d) * d).sum(1)
+    if dtype is not None:
+        total = total.to(dtype)
+    return total / (points - 1)
+
+
+def kernel_log_ratio(step: ReverseStep, x: torch.Tensor, x1: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``log B(x | x1) - log F(x1 | x)`` of a reverse step from ``x`` (score ``g``) to ``x1`` (float64).
+
+    A deterministic step (no fresh noise) has no kernel densities: the ratio is 0 and the
+    weight a plain importance ratio.
+    """
+    c = step.noise
+    ratio = (step.a_t / step.a_s) ** 2  # abar_t / abar_s
+    var_b = 1.0 - ratio
+    log_b = -(x - math.sqrt(ratio) * x1).double().square().sum(1) / (2 * var_b)
+    if c > 0:
+        log_f = -(x1 - step.mean(x, g)).double().square().sum(1) / (2 * c**2)
+        d = x.shape[1]
+        log_b = log_b - d / 2 * math.log(var_b)
+        log_f = log_f - d / 2 * math.log(c**2)
+    else:
+        log_b = log_f = torch.zeros_like(log_b)
+    return log_b - log_f
