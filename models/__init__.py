@@ -9,7 +9,17 @@
   and the composed objective (dissertation Eq. 5.5).
 * :func:`load` / :func:`save` -- safetensors + JSON checkpoints; :func:`load`
   also takes a zoo name (``pc.models.load("ring8")``).
+* :func:`from_diffusers` -- a local diffusers model or pipeline folder as a factor
+  (optional extra ``probcomp[diffusers]``; imported on first use, never by ``import probcomp``).
 """
+
+from typing import Any
+
+if __name__ != "probcomp.models":  # the checkout's top-level folder, imported by its own name
+    raise ImportError(
+        f"this folder is installed as probcomp.models; import probcomp.models, not {__name__!r} "
+        "(one module object per class)"
+    )
 
 from .checkpoint import load, read_config, save
 from .energy import EnergyModel
@@ -25,9 +35,18 @@ __all__ = [
     "Preconditioned",
     "ResMLP",
     "TrainResult",
+    "from_diffusers",
     "load",
     "read_config",
     "save",
     "to_eps",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "from_diffusers":  # lazy: diffusers and transformers are optional
+        from .diffusers import from_diffusers
+
+        return from_diffusers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
