@@ -60,7 +60,7 @@ def accuracy(model: Any, kind: str, x: torch.Tensor, labels: torch.Tensor, draws
     for i in range(len(x)):
         r = eng.run(scene_for(x[i], model, kind), seed=seed + i)
         right[i] = int(r["c1"]) == int(labels[i, 0]) and int(r["c2"]) == int(labels[i, 1])
-        nfe += r.stats["nfe"]
+        nfe += r.stats["nfe_total"]
     held = (labels == 1).all(1)
     return {
         "seen_accuracy": round(float(right[~held].double().mean()), 4),

@@ -84,7 +84,7 @@ def measure(device: str, particles: list[int], levels: int, repeats: int, invers
     sec, res = timed(lambda: inv.run(iscene, seed=0), repeats)
     rows["concept-inversion"] = {
         "seconds": round(sec, 4),
-        "nfe": res.stats["nfe"],
+        "nfe": res.stats["nfe_total"],
         "images_per_s": round(1 / sec, 3),
     }
     return rows

@@ -361,10 +361,10 @@ def run(args: argparse.Namespace) -> dict:
                     scene = concept_scene(x[i], model, k)
                     r = engines[m].run(scene, seed=args.seed + i)
                     pred = torch.stack([r[f"xy{j}"] for j in range(k)]).cpu().numpy()
-                    nfe = r.stats["nfe"]
+                    nfe = r.stats["nfe_total"]
                 elif m.startswith("generative-classifier"):
                     r = engines[m].run(set_scene(x[i], gc_model, k), seed=args.seed + i)
-                    pred, nfe = r["xys"].cpu().numpy(), r.stats["nfe"]
+                    pred, nfe = r["xys"].cpu().numpy(), r.stats["nfe_total"]
                 elif m == "cnn":
                     with torch.no_grad():
                         pred = cnn(x[i : i + 1])[0].numpy()

@@ -11,35 +11,15 @@ kernel whose target is the composed density
 optionally followed by a reverse-diffusion step to ``t_{i+1}`` (the default, as in
 Du et al.).  The last step goes to ``t = 0`` and returns the denoised estimate.
 
-Kernels (``eps`` is the Langevin step, ``h = sqrt(2 eps)`` the leapfrog step, ``m`` the mass):
-
-* ``ula``  -- ``x' = x + eps g(x) + sqrt(2 eps) z``;
-* ``mala`` -- the same proposal with a Metropolis-Hastings test, including the
-  proposal densities ``log q(x'|x) = -|x' - x - eps g(x)|^2 / (4 eps)``;
-* ``uhmc`` -- underdamped Langevin: partial momentum refresh
-  ``p <- sqrt(1 - gamma) p + sqrt(gamma m) z`` (``gamma`` = ``damping``), then
-  ``L`` leapfrog steps, no test;
-* ``hmc``  -- the same with a test on ``H = -log pi + |p|^2 / (2 m)`` (the kinetic
-  term included) and the momentum negated on rejection (generalised HMC; with
-  ``damping = 1`` this is plain HMC).
-
-A kernel is a name or a :class:`~probcomp.inference.kernels.Kernel` object (a user's own
-kernel runs here with adaptation, resampling and stats).  Metropolis tests (per particle,
-never for the batch at once; :mod:`probcomp.inference.kernels.metropolis`) use
-
-* ``"energy"`` -- ``log pi`` from the factors' energies, exact;
-* ``"score"`` -- for score-only factors, the MCMC-correction construction
-  (Sjöberg et al.): ``log pi(x') - log pi(x) = int_0^1 g(x + u (x' - x)) . (x' - x) du``
-  by the trapezoid rule on ``trapezoid_points`` points (default 3: one extra score
-  call per transition; the end points' scores are computed anyway);
-* ``"effective"`` (HMC) -- the same integral along the leapfrog path, segment by
-  segment, from the scores the leapfrog already computed: no extra score calls.
-  Caution: per leapfrog step this trapezoid estimate cancels the kinetic-energy
-  change algebraically, leaving ``log a = -(h^2/8) sum (|g_{l+1}|^2 - |g_l|^2)``,
-  which ignores the true energy error (the same holds for MALA's 2-point score
-  test, and for HMC with one leapfrog step); measured on ring x bar it is worse than
-  no test.  The engine warns when a run would use such a test.  Prefer energies or
-  ``"score"`` with ``trapezoid_points >= 3``.
+The kernel is a name -- ``ula``, ``mala`` (:mod:`~probcomp.inference.kernels.langevin`),
+``uhmc``, ``hmc`` (:mod:`~probcomp.inference.kernels.hamiltonian`) -- or any
+:class:`~probcomp.inference.kernels.Kernel` object, which then runs here with adaptation,
+resampling and stats.  The Metropolis tests of the adjusted kernels
+(:mod:`~probcomp.inference.kernels.metropolis`; per particle, never for the batch at once)
+are ``"energy"`` (exact, from the factors' energies), ``"score"`` (the score's line
+integral by the trapezoid rule on ``trapezoid_points`` points, Sjöberg et al. 2023) and
+``"effective"`` (the same along the leapfrog path, at no extra cost, but degenerate: the
+engine warns when a run would use a test that ignores the energy change).
 
 Step sizes follow the noise level, ``eps(t) = c * sigma_t^2``, and ``c`` adapts
 toward ``target_accept`` during the run by a Robbins-Monro update of ``log c``
@@ -419,23 +399,13 @@ class AnnealedMCMC(DiffusionEngine):
         return d_logp + smc.kernel_log_ratio(step, x, x1, old.grad)
 
 
-register(
-    "annealed-ula",
-    lambda steps, steps_per_level, progress: AnnealedMCMC("ula", steps_per_level, steps, progress=progress),
-    "annealed unadjusted Langevin",
-)
-register(
-    "annealed-mala",
-    lambda steps, steps_per_level, progress: AnnealedMCMC("mala", steps_per_level, steps, progress=progress),
-    "annealed Metropolis-adjusted Langevin",
-)
-register(
-    "annealed-uhmc",
-    lambda steps, steps_per_level, progress: AnnealedMCMC("uhmc", steps_per_level, steps, progress=progress),
-    "annealed underdamped Langevin (HMC without a test)",
-)
-register(
-    "annealed-hmc",
-    lambda steps, steps_per_level, progress: AnnealedMCMC("hmc", steps_per_level, steps, progress=progress),
-    "annealed generalised HMC with a Metropolis test",
-)
+def _factory(kernel: str) -> Callable[..., AnnealedMCMC]:
+    return lambda steps, steps_per_level, progress: AnnealedMCMC(
+        kernel, steps_per_level, steps, progress=progress
+    )
+
+
+for _name, _help in zip(
+    KERNELS, ("Langevin", "MALA", "underdamped Langevin", "generalised HMC"), strict=True
+):
+    register(f"annealed-{_name}", _factory(_name), f"annealed {_help}")

@@ -19,8 +19,7 @@ listed by :func:`engine_names` and runs from ``probcomp run --engine NAME``.
 
 from __future__ import annotations
 
-import numbers
-import time
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -33,6 +32,7 @@ from probcomp.compiled import CompiledScene
 from probcomp.errors import SceneError, ScheduleError
 from probcomp.program import scene_from_pyro
 from probcomp.scene import Scene
+from probcomp.validation import MAX_PARTICLE_ELEMENTS, check_count, check_device, check_dtype, check_seed
 
 from .steps import ReverseStep
 
@@ -46,8 +46,6 @@ __all__ = [
     "make_engine",
     "register",
 ]
-
-SEED_MAX = 2**63  # torch.Generator.manual_seed takes any int below 2**64; keep to int64
 
 
 @dataclass(frozen=True)
@@ -111,17 +109,6 @@ class LevelRecords:
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in self.values.items()}
 
 
-def check_seed(seed: Any) -> int:
-    """``seed`` as an int in ``[0, 2**63)``; ``None`` draws fresh entropy (recorded in the stats)."""
-    if seed is None:
-        return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(time.time_ns())))
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise SceneError(f"seed must be an integer (or None for fresh entropy), got {seed!r}")
-    if not 0 <= int(seed) < SEED_MAX:
-        raise SceneError(f"seed must lie in [0, 2**63), got {seed}")
-    return int(seed)
-
-
 class Engine:
     """Base of every engine: dtype, device, progress bar, callback, seeding and the registry name.
 
@@ -138,8 +125,11 @@ class Engine:
         progress: bool = False,
         callback: Callable[[LevelInfo], None] | None = None,
     ) -> None:
-        self.dtype, self.device = dtype, torch.device(device)
-        self.progress, self.callback = progress, callback
+        self.dtype = check_dtype(dtype, type(self).__name__)
+        self.device = check_device(device, type(self).__name__)
+        if callback is not None and not callable(callback):
+            raise SceneError(f"{type(self).__name__}: callback must be callable, got {callback!r}")
+        self.progress, self.callback = bool(progress), callback
 
     def generator(self, seed: Any) -> tuple[torch.Generator, int]:
         """A generator on the engine's device seeded with ``seed``, and the seed used."""
@@ -172,6 +162,8 @@ class DiffusionEngine(Engine):
 
     #: the engine's name in messages about scenes it cannot run
     label: ClassVar[str] = "DiffusionEngine"
+    #: the constructor argument that sets the number of levels (named in errors)
+    levels_arg: ClassVar[str] = "levels"
 
     def __init__(
         self,
@@ -187,6 +179,9 @@ class DiffusionEngine(Engine):
         callback: Callable[[LevelInfo], None] | None = None,
     ) -> None:
         super().__init__(dtype=dtype, device=device, progress=progress, callback=callback)
+        levels = check_count(self.levels_arg, levels)
+        if schedule is not None and not isinstance(schedule, sched.Schedule):
+            raise ScheduleError(f"{self.label}: schedule must be a probcomp Schedule, got {schedule!r}")
         self.ts = sched.time_grid(levels, t_max=t_max, t_min=t_min)
         self.schedule = schedule if schedule is not None else sched.linear()
         self.group = group
@@ -208,13 +203,19 @@ class DiffusionEngine(Engine):
     def prepare(self, scene: Any, num_samples: Any) -> CompiledScene:
         """Check ``num_samples`` and return ``scene`` compiled for this engine (compiling it if
         needed; a zero-argument Pyro program becomes a scene by :func:`probcomp.scene_from_pyro`)."""
-        if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
-            raise SceneError(f"num_samples must be a positive integer, got {num_samples!r}")
+        num_samples = check_count("num_samples", num_samples, error=SceneError)
         if callable(scene) and not isinstance(scene, (Scene, CompiledScene)):  # a Pyro program
             scene = scene_from_pyro(scene)
         compiled = scene if isinstance(scene, CompiledScene) else self.compile(scene)
         if compiled.schedule != self.schedule:
             raise ScheduleError("the scene was compiled for a different schedule than this engine's")
+        elements = num_samples * sum(math.prod(s) for s in compiled.shapes.values())
+        if elements > MAX_PARTICLE_ELEMENTS:
+            raise SceneError(
+                f"num_samples={num_samples} particles of {elements // num_samples} control elements each "
+                f"need {elements:.3g} elements per state tensor, more than this engine allocates at once "
+                f"({MAX_PARTICLE_ELEMENTS:.3g}); run fewer particles per call"
+            )
         return compiled
 
     def levels(self, desc: str) -> Iterator[Level]:
@@ -260,7 +261,6 @@ def make_engine(name: str, *, steps: int = 100, steps_per_level: int = 10, progr
     """The engine registered as ``name``, at ``steps`` levels (``steps_per_level`` MCMC transitions)."""
     if name not in _REGISTRY:
         raise SceneError(f"unknown engine {name!r}; choose from {engine_names()}")
-    for what, v, low in (("--steps", steps, 1), ("--steps-per-level", steps_per_level, 0)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
-            raise SceneError(f"{what} must be an integer >= {low}, got {v!r}")
-    return _REGISTRY[name][0](steps=int(steps), steps_per_level=int(steps_per_level), progress=progress)
+    steps = check_count("--steps", steps, error=SceneError)
+    steps_per_level = check_count("--steps-per-level", steps_per_level, 0, error=SceneError)
+    return _REGISTRY[name][0](steps=steps, steps_per_level=steps_per_level, progress=progress)

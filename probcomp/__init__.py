@@ -16,6 +16,7 @@ factors (learned or analytic) and explicit densities, and run an engine::
 from . import compose, datasets, factors, metrics, ops, plots, schedules
 from ._version import __version__
 from .compiled import CompiledScene
+from .compiled_inversion import CompiledInversion
 from .errors import (
     DataError,
     FactorError,
@@ -30,6 +31,7 @@ from .results import Result
 from .scene import Scene, Var
 
 __all__ = [
+    "CompiledInversion",
     "CompiledScene",
     "DataError",
     "FactorError",

@@ -45,7 +45,7 @@ from .errors import NumericalError, SceneError, ShapeError
 from .factors import ExplicitFactor, ScoreFactor
 from .scene import Scene
 
-__all__ = ["TERM_KINDS", "CompiledScene", "Target", "Term", "finite_or_raise"]
+__all__ = ["TERM_KINDS", "CompiledScene", "EvaluationCounter", "Target", "Term", "finite_or_raise"]
 
 TERM_KINDS = ("prior", "explicit", "score")
 
@@ -67,6 +67,25 @@ class Term:
     kind: str = "score"
 
 
+class EvaluationCounter:
+    """Network evaluations (NFE) per term or observable, and the number of batched factor calls.
+
+    NFE counts evaluations per particle: a factor call on ``N`` particles adds the
+    factor's ``cost`` (its leaves' network calls) to each term it scores.
+    """
+
+    nfe: dict[str, int]
+    calls: int
+
+    def reset_counters(self) -> None:
+        self.nfe = {k: 0 for k in self.nfe}
+        self.calls = 0
+
+    @property
+    def nfe_total(self) -> int:
+        return sum(self.nfe.values())
+
+
 class Target(NamedTuple):
     """Gradient of the scene's log-target per control, and the log-target if asked for."""
 
@@ -74,7 +93,7 @@ class Target(NamedTuple):
     log_p: torch.Tensor | None
 
 
-class CompiledScene:
+class CompiledScene(EvaluationCounter):
     """A validated scene ready for an engine; see the module docstring."""
 
     def __init__(self, scene: Scene, schedule: sched.Schedule | None = None, *, group: bool = True) -> None:
@@ -115,15 +134,6 @@ class CompiledScene:
         self._own_clock = {id(t.factor): t.factor.schedule == self.schedule for t in self.terms}
         self.nfe: dict[str, int] = {t.key: 0 for t in self.terms}
         self.calls = 0
-
-    # Counters -----------------------------------------------------------------------
-    def reset_counters(self) -> None:
-        self.nfe = {k: 0 for k in self.nfe}
-        self.calls = 0
-
-    @property
-    def nfe_total(self) -> int:
-        return sum(self.nfe.values())
 
     @property
     def has_energy(self) -> bool:

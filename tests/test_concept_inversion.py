@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import probcomp as pc
+from probcomp.compiled_inversion import CompiledInversion
 from probcomp.errors import SceneError, ShapeError
 from probcomp.factors import ConditionalGaussian, Gaussian
 from probcomp.inference import AnnealedMCMC, ConceptInversion
-from probcomp.inference.concept_inversion import _Problem
 
 L = 24
 GRID = torch.arange(L) + 0.5
@@ -55,7 +55,7 @@ def test_sgd_recovers_a_continuous_concept():
     s.observe("x", value=x, factor=ConditionalGaussian((3,), std=0.1), condition=s.control("c", (3,)))
     res = ConceptInversion(steps=300, restarts=4, lr=0.05).run(s, seed=0)
     assert (res["c"] - x).abs().max() < 0.05, res["c"]
-    assert res.traces.shape == (4, 300) and res.stats["nfe"] > 0
+    assert res.traces.shape == (4, 300) and res.stats["nfe_total"] > 0
 
 
 def test_enumeration_recovers_discrete_concepts_at_m_times_k_cost():
@@ -71,11 +71,11 @@ def test_enumeration_recovers_discrete_concepts_at_m_times_k_cost():
     res = eng.run(s, seed=3)
     # exact answer: the weighted eps of the two terms is that of a Gaussian at the mean of the shifts
     assert res.stats["method"] == "enumerate" and res.stats["configurations"] == 25
-    assert res.stats["nfe"] == 16 * (5 + 5)  # M per observable, not M^K per configuration
-    prob = _Problem(s, {}, torch.float32, "cpu")
+    assert res.stats["nfe_total"] == 16 * (5 + 5)  # M per observable, not M^K per configuration
+    prob = CompiledInversion(s)
     draws = prob.draws(16, eng.t_range, torch.Generator().manual_seed(3))
     grid = torch.cartesian_prod(torch.arange(5), torch.arange(5))
-    brute = prob.loss({"c0": grid[:, 0], "c1": grid[:, 1]}, draws, 256, [0]).reshape(5, 5)
+    brute = prob.loss({"c0": grid[:, 0], "c1": grid[:, 1]}, draws).reshape(5, 5)
     assert torch.allclose(res.stats["losses"], brute, atol=1e-6)
     i, j = int(res["c0"]), int(res["c1"])
     mean = (shift(torch.tensor([i])) + shift(torch.tensor([j]))) / 2

@@ -124,7 +124,7 @@ found = torch.stack([objects[f"xy{j}"] for j in range(3)])
 err = ((found[:, None] - true_xy[None]) ** 2).mean(-1).min(0).values  # nearest found object
 print("true  ", true_xy.numpy().round(3).tolist(), labels["color"][0].tolist())
 print("found ", found.numpy().round(3).tolist(), [int(objects[f"color{j}"]) for j in range(3)])
-print("squared error per true object:", err.numpy().round(5), f"({objects.stats['nfe']} network calls)")
+print("squared error per true object:", err.numpy().round(5), f"({objects.stats['nfe_total']} network calls)")
 assert (
     int((err < 0.002).sum()) >= 2
 )  # the seed's hit threshold; benchmarks/object_discovery.py measures rates
