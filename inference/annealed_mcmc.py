@@ -55,18 +55,17 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene
 from probcomp.errors import FactorError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
 from . import smc
-from .base import DiffusionEngine, LevelInfo, LevelRecords, register
+from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
 from .kernels import (
     ADJUSTED,
     HMC,
@@ -81,6 +80,9 @@ from .kernels import (
 )
 from .kernels.base import Target
 from .steps import Packer, ReverseStep
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 __all__ = ["KERNELS", "AnnealedMCMC"]
 
@@ -143,14 +145,7 @@ class AnnealedMCMC(DiffusionEngine):
         ess_threshold: float = 0.5,
         final_resample: bool = True,
         resampling: str = "systematic",
-        schedule: sched.Schedule | None = None,
-        t_max: float = 1.0,
-        t_min: float = sched.DEFAULT_T_MIN,
-        group: bool = True,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-        callback: Callable[[LevelInfo], None] | None = None,
+        **options: Unpack[DiffusionOptions],
     ) -> None:
         user = kernel if isinstance(kernel, Kernel) else None
         if user is None and kernel not in KERNELS:
@@ -176,17 +171,7 @@ class AnnealedMCMC(DiffusionEngine):
             raise ScheduleError(f"resampling must be one of {sorted(smc.RESAMPLERS)}, got {resampling!r}")
         if isinstance(step_size, (int, float)) and step_size <= 0:
             raise ScheduleError(f"step_size must be positive, got {step_size}")
-        super().__init__(
-            levels,
-            schedule=schedule,
-            t_max=t_max,
-            t_min=t_min,
-            group=group,
-            dtype=dtype,
-            device=device,
-            progress=progress,
-            callback=callback,
-        )
+        super().__init__(levels, **options)
         self._user_kernel = user
         self.kernel = user.name if user is not None else kernel
         self.k, self.levels_count = int(steps_per_level), int(levels)

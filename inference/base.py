@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import torch
 from tqdm.auto import tqdm
@@ -35,6 +35,9 @@ from probcomp.scene import Scene
 from probcomp.validation import MAX_PARTICLE_ELEMENTS, check_count, check_device, check_dtype, check_seed
 
 from .steps import ReverseStep
+
+if TYPE_CHECKING:
+    pass
 
 __all__ = [
     "DiffusionEngine",
@@ -109,8 +112,31 @@ class LevelRecords:
         return {k: torch.tensor(v, dtype=torch.float64) for k, v in self.values.items()}
 
 
+class EngineOptions(TypedDict, total=False):
+    """Keyword arguments every engine takes (see :class:`Engine`)."""
+
+    dtype: torch.dtype
+    device: str | torch.device
+    progress: bool
+    callback: Callable[[LevelInfo], None] | None
+
+
+class DiffusionOptions(EngineOptions, total=False):
+    """Keyword arguments every engine over noise levels takes (see :class:`DiffusionEngine`)."""
+
+    schedule: sched.Schedule | None
+    t_max: float
+    t_min: float
+    group: bool
+
+
 class Engine:
     """Base of every engine: dtype, device, progress bar, callback, seeding and the registry name.
+
+    Args:
+        dtype, device: of the particles (a floating dtype; a device this machine has).
+        progress: show a tqdm bar over levels or steps.
+        callback: called after every level or step with a :class:`LevelInfo`.
 
     Subclasses set ``name`` and implement :meth:`run`; :meth:`notify` calls the callback.
     """

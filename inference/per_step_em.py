@@ -43,21 +43,22 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from probcomp import ops
-from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene, Term, finite_or_raise
 from probcomp.errors import NumericalError, SceneError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .base import DiffusionEngine, LevelInfo, LevelRecords, register
+from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
 from .steps import ReverseStep, check_clip
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 __all__ = ["PerStepEM"]
 
@@ -117,15 +118,8 @@ class PerStepEM(DiffusionEngine):
         lambda_l1: float = 1.0,
         lambda_lr: float | None = None,
         eta: float = 0.0,
-        schedule: sched.Schedule | None = None,
-        t_max: float = 1.0,
-        t_min: float = sched.DEFAULT_T_MIN,
         clip_x0: tuple[float, float] | None = None,
-        group: bool = True,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-        callback: Callable[[LevelInfo], None] | None = None,
+        **options: Unpack[DiffusionOptions],
     ) -> None:
         if inner_steps < 0:
             raise ScheduleError(f"inner_steps must be >= 0, got {inner_steps}")
@@ -139,17 +133,7 @@ class PerStepEM(DiffusionEngine):
             raise ScheduleError(f"eta must lie in [0, 1], got {eta}")
         if tol is not None and not tol >= 0:
             raise ScheduleError(f"tol must be >= 0 or None, got {tol}")
-        super().__init__(
-            steps,
-            schedule=schedule,
-            t_max=t_max,
-            t_min=t_min,
-            group=group,
-            dtype=dtype,
-            device=device,
-            progress=progress,
-            callback=callback,
-        )
+        super().__init__(steps, **options)
         self.steps, self.inner_steps = int(steps), int(inner_steps)
         self.optimizer, self.lr, self.tol = optimizer, float(lr), tol
         self.lambdas, self.lambda_l1 = bool(lambdas), float(lambda_l1)

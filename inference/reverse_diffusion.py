@@ -31,19 +31,20 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene
 from probcomp.errors import ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 
-from .base import DiffusionEngine, LevelInfo, register
+from .base import DiffusionEngine, DiffusionOptions, register
 from .steps import Packer, check_clip
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 __all__ = ["TWEEDIE_MAX_DIM", "ReverseDiffusion"]
 
@@ -83,16 +84,9 @@ class ReverseDiffusion(DiffusionEngine):
         sampler: str = "ddpm",
         eta: float | None = None,
         *,
-        schedule: sched.Schedule | None = None,
-        t_max: float = 1.0,
-        t_min: float = sched.DEFAULT_T_MIN,
         clip_x0: tuple[float, float] | None = None,
         last_step: str = "mean",
-        group: bool = True,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-        callback: Callable[[LevelInfo], None] | None = None,
+        **options: Unpack[DiffusionOptions],
     ) -> None:
         if sampler not in ("ddpm", "ddim"):
             raise ScheduleError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
@@ -104,17 +98,7 @@ class ReverseDiffusion(DiffusionEngine):
             raise ScheduleError(f"eta must lie in [0, 1], got {eta}")
         if last_step not in ("mean", "tweedie"):
             raise ScheduleError(f"last_step must be 'mean' or 'tweedie', got {last_step!r}")
-        super().__init__(
-            steps,
-            schedule=schedule,
-            t_max=t_max,
-            t_min=t_min,
-            group=group,
-            dtype=dtype,
-            device=device,
-            progress=progress,
-            callback=callback,
-        )
+        super().__init__(steps, **options)
         self.last_step = last_step
         self.steps, self.sampler, self.eta = steps, sampler, float(eta)
         self.clip_x0 = check_clip(clip_x0)

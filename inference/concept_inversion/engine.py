@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,12 +13,16 @@ from probcomp.compiled_inversion import CompiledInversion
 from probcomp.errors import SceneError
 from probcomp.results import Result
 from probcomp.scene import Scene
+from probcomp.validation import check_seed
 
-from ..base import Engine, LevelInfo, check_seed
+from ..base import Engine, EngineOptions
 from . import discrete
 from .descent import descend
 from .placement import greedy, relocate
 from .search import _Search
+
+if TYPE_CHECKING:
+    from typing import Unpack
 
 
 class ConceptInversion(Engine):
@@ -89,12 +93,9 @@ class ConceptInversion(Engine):
         max_configs: int = 4096,
         sweeps: int = 1,
         batch: int = 256,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-        progress: bool = False,
-        callback: Callable[[LevelInfo], None] | None = None,
+        **options: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(dtype=dtype, device=device, progress=progress, callback=callback)
+        super().__init__(**options)
         if optimizer not in ("adam", "sgd"):
             raise SceneError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if init not in ("random", "greedy"):
