@@ -63,6 +63,7 @@ from probcomp.compiled import CompiledScene
 from probcomp.errors import FactorError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
+from probcomp.validation import check_count, check_positive
 
 from . import smc
 from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
@@ -152,10 +153,11 @@ class AnnealedMCMC(DiffusionEngine):
             raise ScheduleError(f"kernel must be one of {KERNELS} or a Kernel object, got {kernel!r}")
         if user is not None and metropolis is not None:
             raise ScheduleError(f"kernel {user.name!r} is an object with its own test; leave metropolis=None")
-        if steps_per_level < 0 or levels < 1 or leapfrog_steps < 1:
-            raise ScheduleError("need steps_per_level >= 0, levels >= 1 and leapfrog_steps >= 1")
-        if not 0.0 < damping <= 1.0 or mass <= 0:
-            raise ScheduleError(f"need 0 < damping <= 1 and mass > 0, got {damping}, {mass}")
+        steps_per_level = check_count("steps_per_level", steps_per_level, 0)
+        leapfrog_steps = check_count("leapfrog_steps", leapfrog_steps)
+        mass = check_positive("mass", mass)
+        if not 0.0 < check_positive("damping", damping) <= 1.0:
+            raise ScheduleError(f"need 0 < damping <= 1, got {damping}")
         if metropolis not in (None, *TESTS):
             raise ScheduleError(f"metropolis must be 'energy', 'score' or 'effective', got {metropolis!r}")
         adjusted = user.adjusted if user is not None else kernel in ADJUSTED
@@ -163,14 +165,18 @@ class AnnealedMCMC(DiffusionEngine):
             raise ScheduleError(f"kernel {kernel!r} has no Metropolis test; use 'mala' or 'hmc'")
         if metropolis == "effective" and kernel != "hmc":
             raise ScheduleError("the 'effective' test reuses leapfrog points: it needs kernel='hmc'")
-        if trapezoid_points < 2:
-            raise ScheduleError(f"trapezoid_points must be >= 2, got {trapezoid_points}")
+        trapezoid_points = check_count("trapezoid_points", trapezoid_points, 2)
         if resample not in _RESAMPLE:
             raise ScheduleError(f"resample must be None, 'ess' or 'always', got {resample!r}")
         if resampling not in smc.RESAMPLERS:
             raise ScheduleError(f"resampling must be one of {sorted(smc.RESAMPLERS)}, got {resampling!r}")
-        if isinstance(step_size, (int, float)) and step_size <= 0:
-            raise ScheduleError(f"step_size must be positive, got {step_size}")
+        if step_size is not None and not callable(step_size):
+            step_size = check_positive("step_size", step_size)
+        if target_accept is not None and not 0.0 < check_positive("target_accept", target_accept) < 1.0:
+            raise ScheduleError(f"target_accept must lie in (0, 1), got {target_accept}")
+        adapt_rate = check_positive("adapt_rate", adapt_rate, allow_zero=True)
+        if not 0.0 <= check_positive("ess_threshold", ess_threshold, allow_zero=True) <= 1.0:
+            raise ScheduleError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
         super().__init__(levels, **options)
         self._user_kernel = user
         self.kernel = user.name if user is not None else kernel
@@ -272,6 +278,7 @@ class AnnealedMCMC(DiffusionEngine):
                             )
                 if not (bool(torch.isfinite(state.grad).all()) and bool(torch.isfinite(state.x).all())):
                     compiled.diagnose(packer.unpack(x_start), t, f"in the MCMC moves at t={t:.4g}")
+                self.guard(compiled, packer.unpack(state.x), lv)
                 rec.add(step_size=self._eps(t, log_c, lv.sigma))
                 mean_acc = torch.stack(accs).mean(0) if accs else torch.full((n,), float("nan"))
                 acc_level[i] = mean_acc.to(acc_level.dtype).cpu()

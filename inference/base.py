@@ -29,10 +29,17 @@ from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
 from probcomp.compiled import CompiledScene
-from probcomp.errors import SceneError, ScheduleError
+from probcomp.errors import NumericalError, SceneError, ScheduleError
 from probcomp.program import scene_from_pyro
 from probcomp.scene import Scene
-from probcomp.validation import MAX_PARTICLE_ELEMENTS, check_count, check_device, check_dtype, check_seed
+from probcomp.validation import (
+    MAX_PARTICLE_ELEMENTS,
+    check_count,
+    check_device,
+    check_dtype,
+    check_positive,
+    check_seed,
+)
 
 from .steps import ReverseStep
 
@@ -128,6 +135,10 @@ class DiffusionOptions(EngineOptions, total=False):
     t_max: float
     t_min: float
     group: bool
+    max_abs: float | None
+
+
+MAX_ABS = 1e6  # the default runaway guard (DiffusionEngine's max_abs)
 
 
 class Engine:
@@ -183,6 +194,11 @@ class DiffusionEngine(Engine):
         t_max, t_min: the noisy levels are uniform from ``t_max`` to ``t_min``, then a last
             step to 0 (:func:`probcomp.schedules.time_grid`; ``t_min = 0``: uniform to 0).
         group: evaluate observables that share a factor in one batched call.
+        max_abs: the runaway guard: a particle with an entry beyond it stops the run with a
+            :class:`~probcomp.NumericalError` naming the level and the factor whose score
+            dominates (a VP chain keeps ``|x_t| <= max(|x_0|, a few)``: particles growing past
+            it follow a target that is not normalisable, or steps too large); ``None`` turns
+            it off.
         dtype, device, progress, callback: as in :class:`Engine`.
     """
 
@@ -199,6 +215,7 @@ class DiffusionEngine(Engine):
         t_max: float = 1.0,
         t_min: float = sched.DEFAULT_T_MIN,
         group: bool = True,
+        max_abs: float | None = MAX_ABS,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         progress: bool = False,
@@ -206,6 +223,7 @@ class DiffusionEngine(Engine):
     ) -> None:
         super().__init__(dtype=dtype, device=device, progress=progress, callback=callback)
         levels = check_count(self.levels_arg, levels)
+        self.max_abs = None if max_abs is None else check_positive("max_abs", max_abs)
         if schedule is not None and not isinstance(schedule, sched.Schedule):
             raise ScheduleError(f"{self.label}: schedule must be a probcomp Schedule, got {schedule!r}")
         self.ts = sched.time_grid(levels, t_max=t_max, t_min=t_min)
@@ -251,6 +269,22 @@ class DiffusionEngine(Engine):
         ts = self.ts.tolist()
         for i in self.bar(self.num_levels, desc):
             yield Level(i, ts[i], ts[i + 1], alpha[i], sigma[i], alpha[i + 1], sigma[i + 1])
+
+    def guard(self, compiled: CompiledScene, x: Mapping[str, torch.Tensor], lv: Level) -> None:
+        """Stop a run whose particles ran away (see ``max_abs``), naming the level and the factor
+        whose score dominates there."""
+        if self.max_abs is None:
+            return
+        for name, v in x.items():
+            top = float(v.detach().abs().max()) if v.numel() else 0.0
+            if top > self.max_abs:  # NaN compares False: non-finite states are diagnosed elsewhere
+                term, norm = compiled.dominant_term(dict(x), lv.t)
+                raise NumericalError(
+                    f"the particles ran away: control {name!r} reached |x| = {top:.3g} > max_abs = "
+                    f"{self.max_abs:.3g} at level {lv.i} (t={lv.t:.4g}); factor {term.factor.name!r} "
+                    f"(observable {term.key!r}) dominates the score there (mean |w s| = {norm:.3g}): "
+                    "check that the composition is normalisable (weights), or use smaller steps"
+                )
 
     def base_stats(self, compiled: CompiledScene, wall_time: float, seed: int) -> dict[str, Any]:
         """The stats every engine reports: NFE per term and in total, batched calls, wall time,

@@ -53,6 +53,7 @@ from probcomp.compiled import CompiledScene, Term, finite_or_raise
 from probcomp.errors import NumericalError, SceneError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
+from probcomp.validation import check_count, check_positive
 
 from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
 from .steps import ReverseStep, check_clip
@@ -105,6 +106,7 @@ class PerStepEM(DiffusionEngine):
 
     name = "per-step-em"
     label = "PerStepEM"
+    levels_arg = "steps"
 
     def __init__(
         self,
@@ -121,18 +123,17 @@ class PerStepEM(DiffusionEngine):
         clip_x0: tuple[float, float] | None = None,
         **options: Unpack[DiffusionOptions],
     ) -> None:
-        if inner_steps < 0:
-            raise ScheduleError(f"inner_steps must be >= 0, got {inner_steps}")
+        inner_steps = check_count("inner_steps", inner_steps, 0)
         if optimizer not in OPTIMISERS:
             raise ScheduleError(f"optimizer must be one of {OPTIMISERS}, got {optimizer!r}")
-        if not lr > 0 or (lambda_lr is not None and not lambda_lr > 0):
-            raise ScheduleError(f"learning rates must be positive, got lr={lr}, lambda_lr={lambda_lr}")
-        if lambda_l1 < 0:
-            raise ScheduleError(f"lambda_l1 must be >= 0, got {lambda_l1}")
-        if not 0.0 <= eta <= 1.0:
+        lr = check_positive("lr", lr)
+        if lambda_lr is not None:
+            lambda_lr = check_positive("lambda_lr", lambda_lr)
+        lambda_l1 = check_positive("lambda_l1", lambda_l1, allow_zero=True)
+        if not 0.0 <= check_positive("eta", eta, allow_zero=True) <= 1.0:
             raise ScheduleError(f"eta must lie in [0, 1], got {eta}")
-        if tol is not None and not tol >= 0:
-            raise ScheduleError(f"tol must be >= 0 or None, got {tol}")
+        if tol is not None:
+            tol = check_positive("tol", tol, allow_zero=True)
         super().__init__(steps, **options)
         self.steps, self.inner_steps = int(steps), int(inner_steps)
         self.optimizer, self.lr, self.tol = optimizer, float(lr), tol
@@ -190,6 +191,7 @@ class PerStepEM(DiffusionEngine):
                     x, t, f"in the optimisation of level t={t:.4g} -> {s:.4g} (try a smaller lr)"
                 )
             x = x_new
+            self.guard(compiled, x, lv)
             objective = obj_after.double().cpu()
             rec.add(
                 objective_before=float(obj_before.mean()),

@@ -39,6 +39,7 @@ from probcomp.compiled import CompiledScene
 from probcomp.errors import ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
+from probcomp.validation import check_positive
 
 from .base import DiffusionEngine, DiffusionOptions, register
 from .steps import Packer, check_clip
@@ -77,6 +78,7 @@ class ReverseDiffusion(DiffusionEngine):
 
     name = "reverse-diffusion"
     label = "ReverseDiffusion"
+    levels_arg = "steps"
 
     def __init__(
         self,
@@ -94,7 +96,7 @@ class ReverseDiffusion(DiffusionEngine):
             eta = 1.0 if sampler == "ddpm" else 0.0
         elif sampler == "ddpm" and eta != 1.0:
             raise ScheduleError("sampler='ddpm' is eta=1; use sampler='ddim' to choose eta")
-        if not 0.0 <= eta <= 1.0:
+        if not 0.0 <= check_positive("eta", eta, allow_zero=True) <= 1.0:
             raise ScheduleError(f"eta must lie in [0, 1], got {eta}")
         if last_step not in ("mean", "tweedie"):
             raise ScheduleError(f"last_step must be 'mean' or 'tweedie', got {last_step!r}")
@@ -145,6 +147,7 @@ class ReverseDiffusion(DiffusionEngine):
                 if not all(bool(torch.isfinite(v).all()) for v in new.values()):
                     compiled.diagnose(x, t, f"in the reverse step at t={t:.4g}")
                 x = new
+                self.guard(compiled, x, lv)
                 self.notify(i, t, x, x0_hat=x0, grad=g)
         stats = {
             **self.base_stats(compiled, time.perf_counter() - start, seed),

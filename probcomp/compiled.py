@@ -32,6 +32,7 @@ ever formed, and identity observations skip autograd altogether.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -41,7 +42,7 @@ import torch
 from . import ops
 from . import schedules as sched
 from .compose import Composite
-from .errors import NumericalError, SceneError, ShapeError
+from .errors import FactorError, NumericalError, ProbcompError, SceneError, ShapeError
 from .factors import ExplicitFactor, ScoreFactor
 from .scene import Scene
 
@@ -134,6 +135,7 @@ class CompiledScene(EvaluationCounter):
         self._own_clock = {id(t.factor): t.factor.schedule == self.schedule for t in self.terms}
         self.nfe: dict[str, int] = {t.key: 0 for t in self.terms}
         self.calls = 0
+        self._shapes_checked: set[int] = set()  # factors whose output shapes were checked once
 
     @property
     def has_energy(self) -> bool:
@@ -210,16 +212,18 @@ class CompiledScene(EvaluationCounter):
                     if p not in xg:
                         xg[p] = x[p].detach().requires_grad_(True)
                 with torch.enable_grad():
-                    ys.append(term.fn(*[xg[p] for p in term.parents]))
+                    yk = self.observe(term, [xg[p] for p in term.parents])
+                if not yk.requires_grad:
+                    raise SceneError(
+                        f"the observation function of {term.observable!r} does not depend differentiably "
+                        "on its parents (does it detach its input or convert it to numpy?)"
+                    )
+                ys.append(yk)
             y = torch.cat([v.detach() for v in ys]) if len(ys) > 1 else ys[0].detach()
             tf = self.factor_time(factor, t)
             if isinstance(tf, torch.Tensor) and tf.ndim == 1 and len(group) > 1:
                 tf = tf.repeat(len(group))
-            if energy:
-                s, e = factor.score_and_energy(y, tf)
-            else:
-                s, e = factor.score(y, tf), None
-            self.calls += 1
+            s, e = self.evaluate(group, y, tf, t, energy=energy)
             if check:
                 self._check_finite(s, e, group, t)
             for k, (term, yk) in enumerate(zip(group, ys, strict=True)):
@@ -268,11 +272,10 @@ class CompiledScene(EvaluationCounter):
                 continue
             for term in group:
                 if term.observable not in ys:
-                    ys[term.observable] = term.fn(*[x[p] for p in term.parents])
+                    ys[term.observable] = self.observe(term, [x[p] for p in term.parents])
             factor = group[0].factor
             batch = torch.cat([ys[term.observable] for term in group])
-            out = factor.score(batch, self.factor_time(factor, t))
-            self.calls += 1
+            out, _ = self.evaluate(group, batch, self.factor_time(factor, t), t)
             self._check_finite(out, None, group, t)
             for k, term in enumerate(group):
                 self.nfe[term.key] += factor.cost
@@ -302,6 +305,63 @@ class CompiledScene(EvaluationCounter):
                 y = term.fn(*[x[p] for p in term.parents])
                 total = total + term.weight * term.factor.energy(y, self.factor_time(term.factor, t))
         return total
+
+    def observe(self, term: Term, parents: list[torch.Tensor]) -> torch.Tensor:
+        """``f(*parents)`` of ``term``'s observable; an exception of the user's function is re-raised
+        as a :class:`SceneError` naming the observable (the user's exception chained)."""
+        try:
+            return term.fn(*parents)
+        except ProbcompError:
+            raise
+        except Exception as e:
+            raise SceneError(
+                f"the observation function of {term.observable!r} raised {type(e).__name__}: {e}"
+            ) from e
+
+    def evaluate(
+        self, group: tuple[Term, ...], y: torch.Tensor, tf: Any, t: Any, *, energy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One batched call of ``group``'s factor on ``y`` at factor time ``tf``: its score (and
+        energy), counted in ``calls``.  The first call of each factor checks the output shapes
+        (a score shaped like its input, one energy per row); an exception raised by the factor
+        is re-raised as a :class:`FactorError` naming the factor, observables and noise level."""
+        factor = group[0].factor
+        try:
+            if energy:
+                s, e = factor.score_and_energy(y, tf)
+            else:
+                s, e = factor.score(y, tf), None
+        except ProbcompError:
+            raise
+        except Exception as err:
+            raise FactorError(
+                f"factor {factor.name!r} (observable {self._names(group)}) raised {type(err).__name__} "
+                f"at noise level t={self._level(t):.4g}: {err}"
+            ) from err
+        self.calls += 1
+        if id(factor) not in self._shapes_checked:
+            if not isinstance(s, torch.Tensor) or s.shape != y.shape:
+                got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+                raise ShapeError(
+                    f"factor {factor.name!r} (observable {self._names(group)}) returned a score of shape "
+                    f"{got} for input {tuple(y.shape)}; a score has the shape of its input"
+                )
+            if e is not None and (not isinstance(e, torch.Tensor) or e.shape != y.shape[:1]):
+                got = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
+                raise ShapeError(
+                    f"factor {factor.name!r} (observable {self._names(group)}) returned an energy of shape "
+                    f"{got} for {y.shape[0]} inputs; an energy is one value per input, ({y.shape[0]},)"
+                )
+            self._shapes_checked.add(id(factor))
+        return s, e
+
+    @staticmethod
+    def _names(group: tuple[Term, ...]) -> str:
+        return ", ".join(repr(term.key) for term in group)
+
+    @staticmethod
+    def _level(t: Any) -> float:
+        return float(t) if not isinstance(t, torch.Tensor) or t.numel() == 1 else float(t.max())
 
     def log_snr_derivative(
         self, x: dict[str, torch.Tensor], t: float, *, fd_step: float = 1e-3
@@ -342,6 +402,22 @@ class CompiledScene(EvaluationCounter):
                 out -= 0.5 * sig2 * term.weight * g
         return out
 
+    def dominant_term(self, x: dict[str, torch.Tensor], t: Any) -> tuple[Term, float]:
+        """The term whose weighted score ``|w s(f(X), t)|`` is largest on average over the
+        particles of ``x``, and that mean norm (diagnostics of a diverged run; not counted)."""
+        best: tuple[Term, float] | None = None
+        with torch.no_grad():
+            for term in self.terms:
+                y = self.observe(term, [x[p] for p in term.parents])
+                score = term.factor.score(y, self.factor_time(term.factor, t))
+                norm = float(
+                    (term.weight * score).reshape(y.shape[0], -1).norm(dim=1).nan_to_num(math.inf).mean()
+                )
+                if best is None or norm > best[1]:
+                    best = (term, norm)
+        assert best is not None
+        return best
+
     def diagnose(self, x: dict[str, torch.Tensor], t: Any, where: str) -> None:
         """Find why a step from state ``x`` at time ``t`` went non-finite; always raises.
 
@@ -362,11 +438,10 @@ class CompiledScene(EvaluationCounter):
         if not bad and e is not None and not bool(torch.isfinite(e).all()):
             bad, what = True, "energy"
         if bad:
-            tv = float(t) if not isinstance(t, torch.Tensor) or t.numel() == 1 else float(t.max())
-            obs = ", ".join(repr(term.key) for term in group)
+            tv = self._level(t)
             raise NumericalError(
-                f"{what} of factor {group[0].factor.name!r} (observable {obs}) is not finite at "
-                f"noise level t={tv:.4g} (log-SNR {float(self.schedule.log_snr(tv)):.3g})"
+                f"{what} of factor {group[0].factor.name!r} (observable {self._names(group)}) is not "
+                f"finite at noise level t={tv:.4g} (log-SNR {float(self.schedule.log_snr(tv)):.3g})"
             )
 
     def __repr__(self) -> str:

@@ -34,3 +34,8 @@ class ScheduleError(ProbcompError, ValueError):
 
 class DataError(ProbcompError, ValueError):
     """A data set, checkpoint or training input is invalid; the message names the file or set."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An optimiser stopped before it converged (its loss still falling, its restarts disagreeing);
+    the result carries the diagnostics (``res.stats["convergence"]``)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -13,10 +12,11 @@ from probcomp.compiled_inversion import CompiledInversion
 from probcomp.errors import SceneError
 from probcomp.results import Result
 from probcomp.scene import Scene
-from probcomp.validation import check_seed
+from probcomp.validation import check_count, check_positive, check_seed
 
 from ..base import Engine, EngineOptions
 from . import discrete
+from .convergence import assess, line_search_drop, warn_if_unconverged
 from .descent import descend
 from .placement import greedy, relocate
 from .search import _Search
@@ -100,22 +100,26 @@ class ConceptInversion(Engine):
             raise SceneError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if init not in ("random", "greedy"):
             raise SceneError(f"init must be 'random' or 'greedy', got {init!r}")
-        for name, v in (("steps", steps), ("draws", draws), ("step_draws", step_draws), ("grid", grid)):
-            if int(v) < 1:
-                raise SceneError(f"{name} must be at least 1, got {v}")
-        if int(restarts) < 1 or int(min_restarts) < 1 or int(prune_every) < 1 or int(batch) < 1:
-            raise SceneError("restarts, min_restarts, prune_every and batch must be at least 1")
-        if not (0 < keep <= 1):
+        counts = dict(
+            steps=steps, draws=draws, step_draws=step_draws, grid=grid, restarts=restarts,
+            min_restarts=min_restarts, prune_every=prune_every, batch=batch, search_draws=search_draws,
+            max_configs=max_configs, sweeps=sweeps,
+        )  # fmt: skip
+        for name, v in counts.items():
+            check_count(name, v, error=SceneError)
+        check_count("greedy_sweeps", greedy_sweeps, 0, error=SceneError)
+        check_count("relocate", relocate, 0, error=SceneError)
+        if relocate_steps is not None:
+            check_count("relocate_steps", relocate_steps, error=SceneError)
+        if not (0 < check_positive("keep", keep) <= 1):
             raise SceneError(f"keep must be in (0, 1], got {keep}")
-        lo, hi = (float(v) for v in t_range)
+        try:
+            lo, hi = (float(v) for v in t_range)
+        except (TypeError, ValueError):
+            raise SceneError(f"t_range must be a pair (low, high), got {t_range!r}") from None
         if not (0 < lo < hi <= 1):
             raise SceneError(f"t_range must satisfy 0 < low < high <= 1, got {t_range}")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise SceneError(f"lr must be positive, got {lr}")
-        if int(relocate) < 0 or (relocate_steps is not None and int(relocate_steps) < 1):
-            raise SceneError(
-                f"relocate must be >= 0 and relocate_steps >= 1, got {relocate} and {relocate_steps}"
-            )
+        lr, lr_min = check_positive("lr", lr), check_positive("lr_min", lr_min, allow_zero=True)
         self.steps, self.restarts, self.lr, self.optimizer = int(steps), int(restarts), float(lr), optimizer
         self.lr_min = float(lr_min)
         self.prune_every, self.keep, self.min_restarts = int(prune_every), float(keep), int(min_restarts)
@@ -269,6 +273,9 @@ class ConceptInversion(Engine):
         losses[idx] = scored.double().cpu()
         b = int(idx[int(scored.argmin())])
         moves = relocate(s, final, losses, b)
+        drop = line_search_drop(prob, {n: v[b : b + 1] for n, v in final.items()}, s.draws, self.lr)
+        conv = assess(drop, losses)
+        warn_if_unconverged(conv, steps=self.steps, restarts=r)
         method = (
             f"{self.optimizer} x {r} restarts"
             + (" (greedy first)" if self.init == "greedy" else "")
@@ -276,7 +283,14 @@ class ConceptInversion(Engine):
         )
         return Result(
             {n: v.cpu() for n, v in final.items()},
-            {"method": method, "pruned": pruned, "best_restart": b, "relocations": moves},
+            {
+                "method": method,
+                "pruned": pruned,
+                "best_restart": b,
+                "relocations": moves,
+                "converged": conv.converged,
+                "convergence": conv.as_dict(),
+            },
             {"loss": losses},
             engine=self.name,
             point={n: v[b].cpu() for n, v in final.items()},
