@@ -13,16 +13,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 from pathlib import Path
 
 from .errors import ProbcompError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (exit code 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="probcomp", description="Compositional generative inference.")
+    p = _Parser(prog="probcomp", description="Compositional generative inference.")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="compose two 2-D factors and score the samples against the exact product")
@@ -73,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = run_demo(args.samples, args.steps, args.seed, args.png or None, analytic=args.analytic)
             print(json.dumps(out, indent=2) if args.json else format_table(out))
         elif args.command == "run":
-            _run(args)
+            return _run(args)
         elif args.command == "bench":
             return _bench(args.name, args.args)
         elif args.command == "models":
@@ -92,11 +101,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"probcomp: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("probcomp: interrupted", file=sys.stderr)
+        return 130
 
 
-def _run(args: argparse.Namespace) -> None:
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
+
+
+def check_output(path: str, option: str, suffixes: Sequence[str]) -> Path:
+    """Refuse, before any work, an output path with the wrong suffix or that cannot be written."""
+    p = Path(path)
+    if p.suffix.lower() not in suffixes:
+        raise ProbcompError(
+            f"{option} {path!r} must end in {' or '.join(suffixes)}, got {p.suffix or 'no suffix'!r}"
+        )
+    if p.is_dir():
+        raise ProbcompError(f"{option} {path!r} is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ProbcompError(f"{option} {path!r}: the folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ProbcompError(f"{option} {path!r} cannot be written (permission denied)")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
     from . import query
 
+    if args.out:
+        check_output(args.out, "--out", NETCDF_SUFFIXES)
+    if args.png:
+        check_output(args.png, "--png", FIGURE_SUFFIXES)
     res = query.run_query(
         args.scene,
         args.engine,
@@ -108,25 +147,41 @@ def _run(args: argparse.Namespace) -> None:
         progress=not args.no_progress and not args.json,
     )
     out = query.summary(res)
+    failed = []  # the run is done: write every output that can be written, then report the others
     if args.out:
-        res.to_arviz().to_netcdf(args.out)
-        out["out"] = args.out
+        try:
+            res.to_arviz().to_netcdf(args.out)
+            out["out"] = args.out
+        except Exception as e:
+            failed.append(f"--out {args.out!r}: {type(e).__name__}: {_first_line(e)}")
     if args.png:
-        fig = query.summary_figure(res)
-        if fig is not None:
-            import matplotlib.pyplot as plt
+        try:
+            fig = query.summary_figure(res)
+            if fig is not None:
+                import matplotlib.pyplot as plt
 
-            fig.savefig(args.png, dpi=110)
-            plt.close(fig)
-            out["png"] = args.png
+                fig.savefig(args.png, dpi=110)
+                plt.close(fig)
+                out["png"] = args.png
+        except Exception as e:
+            failed.append(f"--png {args.png!r}: {type(e).__name__}: {_first_line(e)}")
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         shown = ", ".join(f"{k} {tuple(v['shape'])}" for k, v in out["controls"].items())
         print(
             f"{out['engine']}: {out['samples']} samples of {shown}; NFE {out['nfe_total']}, "
-            f"{out['wall_time_s']} s" + (f"; wrote {args.out}" if args.out else "")
+            f"{out['wall_time_s']} s" + (f"; wrote {args.out}" if "out" in out else "")
         )
+    if failed:
+        print(f"probcomp: error: the run finished but could not write {'; '.join(failed)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _bench(name: str, extra: list[str]) -> int:

@@ -26,6 +26,8 @@ __all__ = ["engine_names", "load_scene", "make_engine", "run_query", "summary"]
 def load_scene(path: str | Path) -> Scene:
     """The scene declared by the file ``path`` (its ``scene`` or its ``program``)."""
     p = Path(path)
+    if p.is_dir():
+        raise SceneError(f"scene file {str(p)!r} is a directory; give the Python file that defines `scene`")
     if not p.is_file():
         raise SceneError(f"scene file {str(p)!r} does not exist")
     try:

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import probcomp as pc
 from probcomp.cli import main
 
 
@@ -109,3 +110,68 @@ def test_run_and_bench_refuse_bad_input_in_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_bench_runs_a_benchmark_script():
     assert main(["bench", "mixture_negation", "--quick", "--json"]) == 0
+
+
+def _scene_file(tmp_path):
+    f = tmp_path / "scene.py"
+    f.write_text(SCENE_FILE)
+    return f
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_output_paths_are_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    from probcomp import query
+
+    f = _scene_file(tmp_path)
+    monkeypatch.setattr(query, "run_query", lambda *a, **k: pytest.fail("the run must not start"))
+    cases = [
+        (["--out", str(tmp_path / "r.csv")], "must end in .nc"),
+        (["--out", str(tmp_path / "missing" / "r.nc")], "does not exist"),
+        (["--out", str(tmp_path)], "must end in"),
+        (["--png", str(tmp_path / "r.txt")], "must end in .png"),
+        (["--png", str(tmp_path / "nope" / "r.png")], "does not exist"),
+    ]
+    for extra, msg in cases:
+        assert main(["run", str(f), "--samples", "8", *extra]) == 2, extra
+        assert msg in _err_line(capsys), extra
+
+
+def test_a_failed_write_after_the_run_keeps_the_other_outputs(tmp_path, capsys, monkeypatch):
+    """The run is done: --png is still written and the JSON summary printed, the failure is one line."""
+    f = _scene_file(tmp_path)
+    png = tmp_path / "r.png"
+
+    def refuse(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pc.Result, "to_arviz", refuse)
+    argv = ["run", str(f), "--samples", "16", "--steps", "3", "--steps-per-level", "1", "--json"]
+    assert main([*argv, "--out", str(tmp_path / "r.nc"), "--png", str(png)]) == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out)["samples"] == 16 and png.stat().st_size > 1000
+    err = out.err.strip().splitlines()
+    assert len(err) == 1 and "could not write --out" in err[0] and "disk full" in err[0]
+
+
+def test_ctrl_c_stops_with_one_line_and_exit_code_130(tmp_path, capsys, monkeypatch):
+    from probcomp import query
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(query, "run_query", interrupted)
+    assert main(["run", str(_scene_file(tmp_path))]) == 130
+    assert _err_line(capsys) == "probcomp: interrupted"
+
+
+def test_usage_errors_and_directories_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run"])
+    assert e.value.code == 2 and "(see probcomp run --help)" in _err_line(capsys)
+    assert main(["run", str(tmp_path)]) == 2
+    assert "is a directory" in _err_line(capsys)
