@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ from probcomp._version import __version__
 from probcomp.errors import DataError, ProbcompError
 
 from .energy import FORMS, EnergyModel
-from .networks import build
+from .networks import build, event_shape_for
 from .parameterisation import NetworkFactor, Preconditioned
 
-__all__ = ["FORMAT", "ZOO_DIR", "load", "read_config", "resolve", "save"]
+__all__ = ["FORMAT", "PICKLE_SUFFIXES", "ZOO_DIR", "load", "read_config", "resolve", "save"]
 
 FORMAT = "probcomp-checkpoint/1"
 ZOO_DIR = Path(__file__).resolve().parent / "zoo"
@@ -92,17 +93,63 @@ def save(
     return path
 
 
+#: suffixes of pickled torch files, which probcomp refuses to load (unpickling can execute code)
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+
+
 def resolve(name_or_path: str | Path) -> Path:
-    """The JSON path of a zoo name or of a checkpoint path (with or without suffix)."""
+    """The JSON path of a zoo name or of a checkpoint path (with or without suffix).
+
+    Every way of not being a checkpoint has its own :class:`DataError`: an unknown zoo name,
+    a missing file, a directory, a pickled ``.pt`` file (refused: loading it could execute
+    code), weights without their JSON config, or some other file.
+    """
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path):
+        raise DataError(
+            f"a checkpoint is a zoo name or a path to NAME.json / NAME.safetensors, got {name_or_path!r}"
+        )
     p = Path(name_or_path)
     stem = _stem(p)
-    candidates = [ZOO_DIR / f"{p.name}.json"] if p.parent == Path(".") and stem == p else []
+    bare = p.parent == Path(".") and stem == p
+    candidates = [ZOO_DIR / f"{p.name}.json"] if bare else []
     candidates.append(_with(stem, ".json"))
     for c in candidates:
-        if c.exists():
+        if c.is_file():
             return c
-    zoo = sorted(q.stem for q in ZOO_DIR.glob("*.json"))
-    raise DataError(f"no checkpoint {str(name_or_path)!r}: not a zoo model ({', '.join(zoo)}) nor a file")
+    shown = str(name_or_path)
+    if p.name.lower().endswith(PICKLE_SUFFIXES):
+        if p.exists():
+            raise DataError(
+                f"{shown!r} is a pickled torch file: probcomp refuses to load it, because unpickling can "
+                "execute code; a checkpoint is NAME.safetensors + NAME.json (written by probcomp.models.save)"
+            )
+        raise DataError(
+            f"checkpoint file {shown!r} does not exist (and pickled .pt files are refused anyway)"
+        )
+    if p.is_dir() or (bare and (ZOO_DIR / p.name).is_dir()):
+        where = p if p.is_dir() else ZOO_DIR / p.name
+        raise DataError(
+            f"{str(where)!r} is a directory, not a checkpoint: a probcomp checkpoint is the file pair "
+            "NAME.json + NAME.safetensors (pass either); load a diffusers folder with "
+            "probcomp.models.from_diffusers"
+        )
+    weights = _with(stem, ".safetensors")
+    if weights.is_file():
+        raise DataError(
+            f"weights file {str(weights)!r} has no config {_with(stem, '.json').name!r} beside it: a "
+            "checkpoint is the pair NAME.safetensors + NAME.json written by probcomp.models.save"
+        )
+    if p.is_file():
+        raise DataError(f"{shown!r} is not a probcomp checkpoint: expected NAME.json beside NAME.safetensors")
+    if bare:
+        zoo = sorted(q.stem for q in ZOO_DIR.glob("*.json"))
+        raise DataError(f"no checkpoint {shown!r}: not a zoo model ({', '.join(zoo)}) nor a file")
+    if p.name.endswith((".json", ".safetensors")):
+        raise DataError(f"checkpoint file {shown!r} does not exist")
+    raise DataError(
+        f"no checkpoint {shown!r}: neither {_with(stem, '.json').name!r} nor "
+        f"{_with(stem, '.safetensors').name!r} exists in {str(stem.parent)!r}"
+    )
 
 
 def read_config(name_or_path: str | Path) -> dict[str, Any]:
@@ -121,8 +168,66 @@ def read_config(name_or_path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def _event_shape(cfg: dict[str, Any], path: Path) -> tuple[int, ...]:
+    """The config's event shape, checked against its architecture (an edited JSON is caught here)."""
+    raw = cfg["event_shape"]
+    ok = isinstance(raw, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw)
+    if not ok or not raw:
+        raise DataError(
+            f"checkpoint config {str(path)!r}: event_shape must be a list of positive ints, got {raw!r}"
+        )
+    shape = tuple(raw)
+    arch = cfg["architecture"]
+    if not isinstance(arch, dict):
+        raise DataError(f"checkpoint config {str(path)!r}: architecture must be an object, got {arch!r}")
+    try:
+        want = event_shape_for(arch)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(
+            f"checkpoint config {str(path)!r}: bad architecture ({type(e).__name__}: {e})"
+        ) from None
+    if want is None:
+        return shape  # build() names an unknown kind
+    what = (
+        f"a resmlp of dim {want[0]}"
+        if arch.get("kind") == "resmlp"
+        else f"a unet of {want[0]} channels and size {want[1]}"
+    )
+    if shape != want:
+        raise DataError(
+            f"checkpoint config {str(path)!r}: event_shape {shape} does not match the architecture "
+            f"({what} takes event_shape {want})"
+        )
+    return shape
+
+
+def _check_tensors(state: dict[str, torch.Tensor], net: torch.nn.Module, weights: Path, path: Path) -> None:
+    """Every tensor the architecture needs, of its shape and finite; nothing else (first mismatch named)."""
+    expected = net.state_dict()
+    head = f"weights in {str(weights)!r} do not match the architecture in {path.name!r}"
+    for k, v in expected.items():
+        if k not in state:
+            raise DataError(f"{head}: tensor {k!r} {tuple(v.shape)} is missing")
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise DataError(
+                f"{head}: tensor {k!r} has shape {tuple(state[k].shape)}, the architecture expects "
+                f"{tuple(v.shape)}"
+            )
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise DataError(f"{head}: tensor {extra[0]!r} is not part of it ({len(extra)} such tensors)")
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise DataError(f"weights in {str(weights)!r}: tensor {k!r} holds NaN or infinite values")
+
+
 def load(name_or_path: str | Path) -> NetworkFactor:
-    """A ready :class:`NetworkFactor` from a zoo name or a checkpoint path."""
+    """A ready :class:`NetworkFactor` from a zoo name or a checkpoint path.
+
+    Only JSON and safetensors are read (no code runs).  The config is checked against the
+    weights before anything is built: checksum, event shape against architecture, and every
+    tensor's name and shape; the first mismatch raises a :class:`DataError` naming the file.
+    """
     cfg = read_config(name_or_path)
     path = Path(cfg["_path"])
     weights = _with(_stem(path), ".safetensors")
@@ -133,15 +238,30 @@ def load(name_or_path: str | Path) -> NetworkFactor:
             f"weights file {str(weights)!r} does not match the SHA-256 recorded in {path.name} "
             "(corrupt, truncated or replaced)"
         )
+    event_shape = _event_shape(cfg, path)
+    param = cfg["parameterisation"]
+    if not isinstance(param, str) or not (
+        param in ("eps", "eps-precond") or (param.startswith("energy-") and param[7:] in FORMS)
+    ):
+        raise DataError(f"checkpoint {str(path)!r}: unknown parameterisation {param!r}")
+    sigma_data = cfg.get("sigma_data", 0.5)
+    if param == "eps-precond" and (
+        isinstance(sigma_data, bool)
+        or not isinstance(sigma_data, (int, float))
+        or not math.isfinite(sigma_data)
+        or sigma_data <= 0
+    ):
+        raise DataError(f"checkpoint {str(path)!r}: sigma_data must be a positive number, got {sigma_data!r}")
     try:
         net = build(cfg["architecture"])
         schedule = sched.from_config(cfg["schedule"])
-    except (ProbcompError, KeyError, TypeError, ValueError) as e:
+    except (ProbcompError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataError(f"checkpoint {str(path)!r}: bad architecture or schedule: {e}") from None
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise DataError(f"weights file {str(weights)!r} cannot be read: {e}") from None
+    _check_tensors(state, net, weights, path)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -149,16 +269,18 @@ def load(name_or_path: str | Path) -> NetworkFactor:
         raise DataError(
             f"weights in {str(weights)!r} do not match the architecture: {' '.join(first)}"
         ) from None
-    param = cfg["parameterisation"]
     if param == "eps":
         model: torch.nn.Module = net
     elif param == "eps-precond":
-        model = Preconditioned(net, schedule, float(cfg.get("sigma_data", 0.5)))
-    elif param.startswith("energy-") and param[7:] in FORMS:
-        model = EnergyModel(net, param[7:], init_output=False)
+        model = Preconditioned(net, schedule, float(sigma_data))
     else:
-        raise DataError(f"checkpoint {str(path)!r}: unknown parameterisation {param!r}")
+        model = EnergyModel(net, param[7:], init_output=False)
     meta = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    name = cfg.get("name")
     return NetworkFactor(
-        model.eval(), tuple(cfg["event_shape"]), schedule, name=cfg.get("name", path.stem), meta=meta
+        model.eval(),
+        event_shape,
+        schedule,
+        name=name if isinstance(name, str) and name else path.stem,
+        meta=meta,
     )

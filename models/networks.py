@@ -28,7 +28,7 @@ from torch import nn
 
 from probcomp.errors import DataError
 
-__all__ = ["Conditioning", "ResMLP", "TimeEmbedding", "UNet", "build"]
+__all__ = ["Conditioning", "ResMLP", "TimeEmbedding", "UNet", "build", "event_shape_for"]
 
 CondDict = dict[str, torch.Tensor]
 
@@ -350,6 +350,21 @@ class UNet(nn.Module):
         d2 = (grid[:, None] - torch.nan_to_num(v)[:, :, :, None, None]).square().sum(2)  # (N, S, H, W)
         present = (~torch.isnan(v).any(-1)).to(like.dtype)[:, :, None, None]
         return (torch.exp(-d2 / (2 * radius**2)) * present).sum(1, keepdim=True)
+
+
+def event_shape_for(config: dict[str, Any]) -> tuple[int, ...] | None:
+    """The event shape a network of this config takes (``None`` for a kind probcomp does not build).
+
+    A :class:`ResMLP` of ``dim`` takes ``(dim,)``, a :class:`UNet` ``(channels, size, size)``.
+    A malformed config raises ``KeyError``, ``TypeError`` or ``ValueError``.
+    """
+    kind = config.get("kind")
+    if kind == "resmlp":
+        return (int(config["dim"]),)
+    if kind == "unet":
+        c, n = int(config["channels"]), int(config["size"])
+        return (c, n, n)
+    return None
 
 
 def build(config: dict[str, Any]) -> nn.Module:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from probcomp import schedules as sched
-from probcomp.errors import FactorError, ShapeError
-from probcomp.factors import ScoreFactor, as_time, check_event
+from probcomp.errors import FactorError
+from probcomp.factors import ScoreFactor, as_time, check_event, check_output
 
 __all__ = ["PREDICTIONS", "ModelFactor", "NetworkFactor", "Preconditioned", "to_eps"]
 
@@ -72,11 +72,7 @@ class ModelFactor(ScoreFactor):
         check_event(y, self.event_shape, f"factor {self.name!r}")
         tt = as_time(t, y)
         mt = self.schedule.model_time(tt).reshape(-1).to(dtype=y.dtype, device=y.device)
-        out = self._predict(y, mt.expand(y.shape[0]))
-        if out.shape != y.shape:
-            raise ShapeError(
-                f"model of factor {self.name!r} returned shape {tuple(out.shape)} for input {tuple(y.shape)}"
-            )
+        out = check_output(self._predict(y, mt.expand(y.shape[0])), y, f"factor {self.name!r}", "its model")
         alpha = self._scale(self.schedule.alpha, t, y)
         sigma = self._scale(self.schedule.sigma, t, y)
         return to_eps(self.prediction, out, y, alpha, sigma)
@@ -105,6 +101,7 @@ class NetworkFactor(ModelFactor):
         meta: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(net, event_shape, schedule, "eps", name=name or "network")
+        _check_network_event(net, self.event_shape, self.name)
         self.net = net.eval()
         self.cond = dict(cond or {})
         self.meta = dict(meta or {})
@@ -146,11 +143,7 @@ class NetworkFactor(ModelFactor):
             )
         mt = self.schedule.model_time(as_time(t, y)).reshape(-1).to(dtype=y.dtype, device=y.device)
         out = self.net(y, mt.expand(y.shape[0]), {**self.cond, **cond})
-        if out.shape != y.shape:
-            raise ShapeError(
-                f"model of factor {self.name!r} returned shape {tuple(out.shape)} for input {tuple(y.shape)}"
-            )
-        return out
+        return check_output(out, y, f"factor {self.name!r}", "its model")
 
     def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         """``E = g(y, t) / sigma(t)`` (see :mod:`probcomp.models.energy`)."""
@@ -178,6 +171,24 @@ class NetworkFactor(ModelFactor):
             cond=merged,
             name=f"{self.name}|{label}",
             meta=self.meta,
+        )
+
+
+def _check_network_event(net: Any, event_shape: torch.Size, name: str) -> None:
+    """A :class:`FactorError` if a probcomp network (by its config) takes another event shape."""
+    from .networks import event_shape_for
+
+    cfg = getattr(net, "config", None) or getattr(getattr(net, "net", None), "config", None)
+    if not isinstance(cfg, dict):
+        return
+    try:
+        want = event_shape_for(cfg)
+    except (KeyError, TypeError, ValueError):
+        return
+    if want is not None and want != tuple(event_shape):
+        raise FactorError(
+            f"factor {name!r}: event_shape {tuple(event_shape)} does not match its network "
+            f"(a {cfg.get('kind')} taking {want})"
         )
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 import sys
 import time
 import warnings
@@ -290,16 +291,41 @@ def _save_state(
 
 
 def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult) -> int:
+    # weights_only=True: only tensors and plain containers are read, so no code runs; a file
+    # holding anything else is refused (never retried with weights_only=False, which would run it)
+    who = f"cannot resume from training checkpoint {str(path)!r}"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never executes code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Unsupported global" in msg:  # an object that would be rebuilt by running code
+            raise DataError(
+                f"{who}: it holds objects other than tensors, and loading those would execute code, so "
+                "it is refused (probcomp.models.train writes tensors only; delete the file to start afresh)"
+            ) from None
+        detail = msg.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in msg else msg
+        raise DataError(f"{who}: not a readable training state ({_first_line(detail)})") from None
+    except Exception as e:
+        raise DataError(f"{who}: not a readable torch file ({type(e).__name__}: {_first_line(e)})") from None
+    missing = {"step", "model", "ema", "opt", "rng", "losses"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise DataError(f"{who}: it is not a probcomp training state (lacks {sorted(missing)})")
+    try:
         model.load_state_dict(state["model"])
         ema_model.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         gen.set_state(state["rng"])
+        result.losses = [float(v) for v in state["losses"]]
+        result.wall_time = float(state.get("wall_time", 0.0))
+        step = int(state["step"])
     except Exception as e:
         raise DataError(
-            f"cannot resume from training checkpoint {str(path)!r}: {type(e).__name__}: {e}"
+            f"{who}: it does not match this model and optimiser ({type(e).__name__}: {_first_line(e)})"
         ) from None
-    result.losses = [float(v) for v in state["losses"]]
-    result.wall_time = float(state.get("wall_time", 0.0))
-    return int(state["step"])
+    return step
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch's run to many lines)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else ""

@@ -41,6 +41,7 @@ from . import ops
 from .errors import SceneError
 from .factors import ScoreFactor, explicit
 from .scene import Scene
+from .validation import check_count, check_shape
 
 __all__ = ["control", "observe", "scene_from_pyro"]
 
@@ -65,7 +66,7 @@ class _Site(dist.TorchDistribution):
 
 def control(name: str, shape: Any = (), prior: Any = None) -> torch.Tensor:
     """A control variable of ``shape`` (a latent site); ``prior`` as in :meth:`Scene.control`."""
-    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    shape = tuple(check_shape(shape, f"control {name!r}"))
     info = {"kind": "control", "shape": shape, "prior": prior}
     return pyro.sample(name, _Site(shape), infer={_KEY: info})
 
@@ -74,6 +75,12 @@ def observe(
     name: str, value: torch.Tensor, factor: Any, psi: float = 1.0, weight: float = 1.0
 ) -> torch.Tensor:
     """An observable ``y = value`` scored by ``factor`` (a probcomp factor or a Pyro distribution)."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        got = "a 0-d tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise SceneError(
+            f"observable {name!r}: value must be a tensor computed from the controls, with their leading "
+            f"particle axis (N, ...), got {got}"
+        )
     info = {"kind": "observe", "factor": factor, "psi": psi, "weight": weight}
     return pyro.sample(name, _Site(tuple(value.shape[1:])), obs=value, infer={_KEY: info})
 
@@ -93,7 +100,7 @@ class _Run(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         name = msg["name"]
         if type(msg["fn"]).__name__ == "_Subsample":  # the index site of a pyro.plate
-            size, sub = msg["fn"].size, msg["fn"].subsample_size
+            size, sub = _plate_size(name, msg["fn"].size), msg["fn"].subsample_size
             if sub is not None and sub != size:
                 raise SceneError(
                     f"pyro.plate {name!r}: subsampling ({sub} of {size}) has no meaning in a scene; "
@@ -128,6 +135,15 @@ class _Run(Messenger):
             self.observed[name] = (msg["value"], {**info, "plate": batch[0] if batch else None})
         msg["done"] = True
         msg["stop"] = True
+
+
+def _plate_size(name: str, size: Any) -> int:
+    """A plate's size as a positive int (Pyro itself fails on 0 with a ZeroDivisionError)."""
+    if isinstance(size, torch.Tensor) and size.ndim == 0 and not size.is_floating_point():
+        size = int(size)
+    if isinstance(size, int) and size == -1:  # Pyro's "no size given", which a scene cannot infer
+        raise SceneError(f"pyro.plate {name!r}: size must be an integer >= 1, got -1 or none (give the size)")
+    return check_count(f"pyro.plate {name!r}: size", size, error=SceneError)
 
 
 def _plate_shape(name: str, frames: Any) -> tuple[int, ...]:

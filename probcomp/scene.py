@@ -31,6 +31,7 @@ import torch
 from . import ops
 from .errors import SceneError, ShapeError
 from .factors import ScoreFactor, explicit
+from .validation import check_shape
 
 __all__ = ["CONTROL", "OBSERVABLE", "Scene", "Var"]
 
@@ -51,15 +52,31 @@ class Var:
 
 
 def _shape(shape: Any, who: str) -> torch.Size:
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        s = torch.Size(int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ShapeError(f"{who}: shape must be a tuple of ints, got {shape!r}") from None
-    if any(v <= 0 for v in s):
+    """A control's shape: :func:`~probcomp.validation.check_shape`, and every dimension positive."""
+    s = check_shape(shape, who)
+    if any(v == 0 for v in s):
         raise ShapeError(f"{who}: shape must be positive, got {tuple(s)}")
     return s
+
+
+def _observed_value(value: Any, who: str) -> torch.Tensor:
+    """Given data for an observable as a finite floating tensor (integer data converted)."""
+    if isinstance(value, (str, bytes)):
+        raise SceneError(f"{who}: value must be numeric (a tensor or array), got {type(value).__name__}")
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise SceneError(
+            f"{who}: value must be numeric (a tensor or array), got {type(value).__name__}"
+        ) from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise SceneError(f"{who}: value must be real numbers (a tensor or array), got dtype {t.dtype}")
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise SceneError(f"{who}: value holds {bad} NaN or infinite entries; observed data must be finite")
+    return t
 
 
 class Scene:
@@ -184,7 +201,7 @@ class Scene:
                 f"observable {name!r}: {fn!r} takes {fn.arity} parent(s), got {len(value_names)}"
             )
         if value is not None:
-            value = torch.as_tensor(value)
+            value = _observed_value(value, f"observable {name!r}")
             if tuple(value.shape) != tuple(factor.event_shape):
                 raise ShapeError(
                     f"observable {name!r}: value has shape {tuple(value.shape)}, factor "

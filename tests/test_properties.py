@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,12 @@ from probcomp import compose, ops
 from probcomp.factors import Gaussian, GaussianMixture
 from probcomp.inference import AnnealedMCMC, PerStepEM, ReverseDiffusion
 
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(
+    max_examples=int(os.environ.get("PROBCOMP_HYPOTHESIS_EXAMPLES", "30")),
+    deadline=None,
+    derandomize=not os.environ.get("PROBCOMP_HYPOTHESIS_EXAMPLES"),  # CI: the same examples every run
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 finite = st.floats(-3.0, 3.0, allow_nan=False, width=32)
 shapes = st.lists(st.integers(1, 3), min_size=1, max_size=2).map(tuple)

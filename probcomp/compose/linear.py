@@ -24,13 +24,33 @@ import torch
 from .. import schedules as sched
 from ..errors import FactorError
 from ..factors.base import ScoreFactor
-from ._checks import check_same_event
+from ._checks import check_normalisable, check_same_event
 
 __all__ = ["Composite", "guidance", "negation", "product", "weighted"]
 
 
 class Composite(ScoreFactor):
-    """A weighted sum of factor scores, ``sum_k w_k s_k`` (and energies, where all have one)."""
+    """A weighted sum of factor scores, ``sum_k w_k s_k`` (and energies, where all have one).
+
+    **Normalisability** is checked at construction, on the flattened leaves with their total
+    weights (:func:`probcomp.compose._checks.check_normalisable`); only negative weights can
+    break it, so products and positive weightings are not checked.  With negative weights:
+
+    * all leaves analytic (``Gaussian``, ``GaussianMixture``, ``ConditionalGaussian``): a
+      :class:`~probcomp.errors.FactorError` if the clean target ``prod_k p_k^{w_k}`` is not
+      normalisable -- for Gaussians, when ``sum_k w_k Sigma_k^{-1}`` is not positive definite
+      (what :func:`~probcomp.factors.exact_product` refuses); for mixtures, when the tail
+      exponent ``sum_k w_k min_j v' Sigma_kj^{-1} v`` is shown <= 0 along some direction (a
+      ``UserWarning`` when it is neither shown <= 0 nor > 0).  A ``UserWarning`` also when the
+      clean target is normalisable but the noised composite is not at some noise level
+      (e.g. ``negation(narrow, wide, 2)``: at high noise every factor tends to ``N(0, I)`` and
+      the weights sum to -1).
+    * some leaf without a closed-form density (learned models, explicit densities): the clean
+      target cannot be decided, and nothing is said while the weights sum to > 0 (guidance,
+      projective composition and attribute conjunction sum to 1: normalisable if the terms
+      share one covariance).  A ``UserWarning`` when they sum to <= 0: at high noise the
+      composite is close to ``N(0, I)^{sum_k w_k}``, which is not normalisable.
+    """
 
     def __init__(
         self,
@@ -49,6 +69,7 @@ class Composite(ScoreFactor):
             raise FactorError(f"{name or 'composite'}: weights must be finite, got {weights}")
         super().__init__(shape, schedule or factors[0].schedule, name or "composite")
         self.terms: list[tuple[ScoreFactor, float]] = list(zip(factors, weights, strict=True))
+        check_normalisable(list(self.leaves()), self.name)
 
     def leaves(self, weight: float = 1.0) -> Iterator[tuple[ScoreFactor, float]]:
         """The non-composite factors with their total weights (nested composites flattened).

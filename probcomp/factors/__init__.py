@@ -17,7 +17,7 @@ import pyro.distributions as dist
 import torch
 
 from .. import schedules as sched
-from .base import ExplicitFactor, ScoreFactor, as_time, check_event
+from .base import ExplicitFactor, ScoreFactor, as_time, check_event, check_output, event_shape_of
 from .gaussian import ConditionalGaussian, Gaussian, GaussianMixture, exact_product
 from .normalised import NormalisedEnergy
 
@@ -30,6 +30,8 @@ __all__ = [
     "ScoreFactor",
     "as_time",
     "check_event",
+    "check_output",
+    "event_shape_of",
     "exact_product",
     "explicit",
 ]

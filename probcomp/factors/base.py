@@ -21,8 +21,9 @@ import torch
 
 from .. import schedules as sched
 from ..errors import FactorError, ShapeError
+from ..validation import check_shape
 
-__all__ = ["ExplicitFactor", "ScoreFactor", "as_time", "check_event"]
+__all__ = ["ExplicitFactor", "ScoreFactor", "as_time", "check_event", "check_output", "event_shape_of"]
 
 
 def as_time(t: Any, y: torch.Tensor) -> torch.Tensor:
@@ -43,6 +44,38 @@ def check_event(y: torch.Tensor, event_shape: torch.Size, who: str) -> None:
         )
 
 
+def check_output(out: Any, y: torch.Tensor, who: str, what: str = "score") -> torch.Tensor:
+    """``out`` unless it is not a tensor of ``y``'s shape: then a one-line :class:`ShapeError`.
+
+    ``score`` and ``eps`` return one vector per particle, exactly ``y.shape``; an output that
+    merely broadcasts against ``y`` (``(N, 1)`` for ``(N, 2)``) is refused rather than summed
+    into a wrong field.  ``who`` names the factor (``"factor 'ring8'"``), ``what`` the method.
+    """
+    if not isinstance(out, torch.Tensor):
+        raise ShapeError(
+            f"{who}: {what} returned {type(out).__name__}, expected a tensor of shape {tuple(y.shape)}"
+        )
+    if out.shape != y.shape:
+        raise ShapeError(
+            f"{who}: {what} returned shape {tuple(out.shape)} for a batch of shape {tuple(y.shape)}; "
+            "it must return one value per entry of the batch (the same shape)"
+        )
+    return out
+
+
+def event_shape_of(event_shape: Any, who: str) -> torch.Size:
+    """A factor's event shape: a tuple of positive ints (or one int), else a :class:`FactorError`."""
+    try:
+        shape = check_shape(event_shape, who)
+    except ShapeError:
+        raise FactorError(
+            f"{who}: event_shape must be a tuple of positive integers, got {event_shape!r}"
+        ) from None
+    if any(s == 0 for s in shape):
+        raise FactorError(f"{who}: event_shape must be positive, got {tuple(shape)}")
+    return shape
+
+
 class ScoreFactor:
     """Base class of factors: a noised score, its eps form, and optionally an energy.
 
@@ -61,9 +94,7 @@ class ScoreFactor:
         schedule: sched.Schedule | None = None,
         name: str | None = None,
     ) -> None:
-        self.event_shape = torch.Size(int(s) for s in event_shape)
-        if any(s <= 0 for s in self.event_shape):
-            raise FactorError(f"event_shape must be positive, got {tuple(self.event_shape)}")
+        self.event_shape = event_shape_of(event_shape, name or type(self).__name__)
         self.schedule = schedule if schedule is not None else sched.linear()
         self.name = name or type(self).__name__
 
@@ -80,13 +111,13 @@ class ScoreFactor:
         """``grad_y log p_t(y) = -eps(y, t) / sigma(t)``."""
         self._require_impl()
         sigma = self._scale(self.schedule.sigma, t, y)
-        return -self.eps(y, t) / sigma
+        return -check_output(self.eps(y, t), y, f"factor {self.name!r}", "eps") / sigma
 
     def eps(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         """``eps_hat(y, t) = -sigma(t) score(y, t)``."""
         self._require_impl()
         sigma = self._scale(self.schedule.sigma, t, y)
-        return -sigma * self.score(y, t)
+        return -sigma * check_output(self.score(y, t), y, f"factor {self.name!r}", "score")
 
     def energy(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         """``E(y, t) = -log p_t(y) + const`` per particle, shape ``(N,)``."""

@@ -24,11 +24,27 @@ import torch
 
 from .. import schedules as sched
 from ..errors import FactorError
-from .base import ScoreFactor, as_time, check_event
+from .base import ScoreFactor, as_time, check_event, event_shape_of
 
 __all__ = ["Gaussian", "GaussianMixture", "exact_product"]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def _numeric(v: Any, who: str, what: str) -> torch.Tensor:
+    """``v`` as a float64 tensor, or a :class:`FactorError` naming ``who`` and the argument ``what``."""
+    if isinstance(v, (str, bytes)):
+        raise FactorError(f"{who}: {what} must be numbers (a tensor, array or nested list), got a string")
+    try:  # Python numbers straight to float64 (through float32 they would lose bits)
+        t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise FactorError(
+            f"{who}: {what} must be a rectangular array of numbers (a tensor, array or nested list of "
+            f"equal lengths), got {type(v).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if t.dtype == torch.bool or t.is_complex():
+        raise FactorError(f"{who}: {what} must be real numbers, got dtype {t.dtype}")
+    return t.to(torch.float64)
 
 
 class GaussianMixture(ScoreFactor):
@@ -55,14 +71,14 @@ class GaussianMixture(ScoreFactor):
         name: str | None = None,
     ) -> None:
         who = name or type(self).__name__
-        means = torch.as_tensor(means, dtype=torch.float64)
+        means = _numeric(means, who, "means")
         if means.ndim != 2:
             raise FactorError(f"{who}: means must be (K, d), got shape {tuple(means.shape)}")
         k, d = means.shape
-        scales = torch.as_tensor(scales, dtype=torch.float64)
+        scales = _numeric(scales, who, "scales")
         if weights is None:
             weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
-        weights = torch.as_tensor(weights, dtype=torch.float64)
+        weights = _numeric(weights, who, "weights")
         if weights.shape != (k,) or not torch.all(weights > 0) or not torch.isfinite(weights).all():
             raise FactorError(f"{who}: weights must be {k} positive finite numbers, got {weights}")
         if not torch.isfinite(means).all() or not torch.isfinite(scales).all():
@@ -86,8 +102,7 @@ class GaussianMixture(ScoreFactor):
                 f"{who}: scales must be (K,)={k}, (K, d)=({k}, {d}) or (K, d, d)=({k}, {d}, {d}), "
                 f"got {tuple(scales.shape)}"
             )
-        if event_shape is None:
-            event_shape = (d,)
+        event_shape = (d,) if event_shape is None else event_shape_of(event_shape, who)
         if math.prod(event_shape) != d:
             raise FactorError(f"{who}: event_shape {tuple(event_shape)} does not hold d={d} values")
         super().__init__(event_shape, schedule, name)
@@ -197,13 +212,14 @@ class Gaussian(GaussianMixture):
     """
 
     def __init__(self, mean: Any, scale: Any = 1.0, **kw: Any) -> None:
-        mean = torch.as_tensor(mean, dtype=torch.float64)
+        who = kw.get("name") or "Gaussian"
+        mean = _numeric(mean, who, "mean")
         if mean.ndim == 0:
             mean = mean.reshape(1)
         d = mean.reshape(-1).shape[0]
         if "event_shape" not in kw and mean.ndim > 1:
             kw["event_shape"] = tuple(mean.shape)
-        scale = torch.as_tensor(scale, dtype=torch.float64)
+        scale = _numeric(scale, who, "scale")
         if scale.ndim == 0:
             scale = scale.reshape(1)
         elif scale.shape == (d,):
@@ -212,8 +228,7 @@ class Gaussian(GaussianMixture):
             scale = scale.reshape(1, d, d)
         else:
             raise FactorError(
-                f"{kw.get('name') or 'Gaussian'}: scale must be a scalar, ({d},) or ({d}, {d}), "
-                f"got {tuple(scale.shape)}"
+                f"{who}: scale must be a scalar, ({d},) or ({d}, {d}), got {tuple(scale.shape)}"
             )
         super().__init__(mean.reshape(1, d), scale, None, **kw)
 
@@ -224,6 +239,20 @@ class Gaussian(GaussianMixture):
     @property
     def covariance(self) -> torch.Tensor:
         return self.covariances[0]
+
+
+def _describe(f: Any) -> str:
+    """What a non-analytic factor is, for error messages: ``'ring8' is a learned model``."""
+    if not isinstance(f, ScoreFactor):
+        return f"{f!r} is not a probcomp factor ({type(f).__name__})"
+    kinds = {c.__name__ for c in type(f).__mro__}
+    if "ModelFactor" in kinds or hasattr(f, "net") or hasattr(f, "model"):
+        what = f"a learned model ({type(f).__name__})"
+    elif "Composite" in kinds:
+        what = "a composite (pass its leaves and weights instead)"
+    else:
+        what = f"a {type(f).__name__}, not a Gaussian"
+    return f"{f.name!r} is {what}"
 
 
 def exact_product(
@@ -244,13 +273,21 @@ def exact_product(
     """
     if not factors:
         raise FactorError("exact_product needs at least one factor")
-    weights = [1.0] * len(factors) if weights is None else [float(w) for w in weights]
+    try:
+        weights = [1.0] * len(factors) if weights is None else [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise FactorError(f"exact_product: weights must be a list of numbers, got {weights!r}") from None
+    if not all(math.isfinite(w) for w in weights):
+        raise FactorError(f"exact_product: weights must be finite, got {weights}")
     if len(weights) != len(factors):
-        raise FactorError(f"got {len(factors)} factors but {len(weights)} weights")
+        raise FactorError(f"exact_product: got {len(factors)} factors but {len(weights)} weights")
+    for f in factors:
+        if not isinstance(f, GaussianMixture):
+            raise FactorError(
+                f"exact_product needs analytic Gaussian/GaussianMixture factors; {_describe(f)}"
+            )
     d = factors[0].dim
     for f, w in zip(factors, weights, strict=True):
-        if not isinstance(f, GaussianMixture):
-            raise FactorError(f"exact_product needs analytic Gaussian factors, got {f.name!r}")
         if f.dim != d:
             raise FactorError(f"factor {f.name!r} has dimension {f.dim}, expected {d}")
         if f.num_components > 1 and w != 1.0:
