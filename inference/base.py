@@ -153,6 +153,9 @@ class Engine:
     """
 
     name: ClassVar[str] = "engine"
+    #: whether :meth:`run` takes ``distributed=`` and couples its particles across ranks
+    #: itself (else :func:`probcomp.distributed.run` shards the particles among the ranks)
+    distributed_native: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -226,6 +229,7 @@ class DiffusionEngine(Engine):
         self.max_abs = None if max_abs is None else check_positive("max_abs", max_abs)
         if schedule is not None and not isinstance(schedule, sched.Schedule):
             raise ScheduleError(f"{self.label}: schedule must be a probcomp Schedule, got {schedule!r}")
+        t_max, t_min = check_positive("t_max", t_max), check_positive("t_min", t_min, allow_zero=True)
         self.ts = sched.time_grid(levels, t_max=t_max, t_min=t_min)
         self.schedule = schedule if schedule is not None else sched.linear()
         self.group = group

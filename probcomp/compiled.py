@@ -127,6 +127,7 @@ class CompiledScene(EvaluationCounter):
                 kind = "explicit" if isinstance(leaf, ExplicitFactor) else "score"
                 terms.append(Term(key, n, leaf, d["weight"] * w, d["fn"], d["parents"], kind))
         self.terms = tuple(t for t in terms if t.weight != 0.0)
+        self._check_normalisable()
         by_factor: dict[int, list[Term]] = defaultdict(list)
         for t in self.terms:
             by_factor[id(t.factor) if group else id(t)].append(t)
@@ -136,6 +137,17 @@ class CompiledScene(EvaluationCounter):
         self.nfe: dict[str, int] = {t.key: 0 for t in self.terms}
         self.calls = 0
         self._shapes_checked: set[int] = set()  # factors whose output shapes were checked once
+
+    def _check_normalisable(self) -> None:
+        """A control seen only whole (identity observations) by terms with a negative weight: the
+        product of its terms must be normalisable (:func:`probcomp.compose.check_normalisable`:
+        refused when decidable, warned otherwise)."""
+        from .compose._checks import check_normalisable
+
+        for name in self.shapes:
+            mine = [t for t in self.terms if name in t.parents]
+            if any(t.weight < 0 for t in mine) and all(t.fn.is_identity for t in mine):
+                check_normalisable([(t.factor, t.weight) for t in mine], f"the target of control {name!r}")
 
     @property
     def has_energy(self) -> bool:
