@@ -141,6 +141,16 @@ class DiffusionOptions(EngineOptions, total=False):
 MAX_ABS = 1e6  # the default runaway guard (DiffusionEngine's max_abs)
 
 
+def seeded(seed: Any, device: torch.device) -> tuple[torch.Generator, int | None]:
+    """The generator and seed of :meth:`Engine.generator` on ``device``."""
+    if isinstance(seed, torch.Generator):
+        if seed.device.type != device.type:
+            raise SceneError(f"the seed generator is on {seed.device}, the engine runs on {device}")
+        return seed, None
+    s = check_seed(seed)
+    return torch.Generator(device).manual_seed(s), s
+
+
 class Engine:
     """Base of every engine: dtype, device, progress bar, callback, seeding and the registry name.
 
@@ -171,10 +181,14 @@ class Engine:
             raise SceneError(f"{type(self).__name__}: callback must be callable, got {callback!r}")
         self.progress, self.callback = bool(progress), callback
 
-    def generator(self, seed: Any) -> tuple[torch.Generator, int]:
-        """A generator on the engine's device seeded with ``seed``, and the seed used."""
-        s = check_seed(seed)
-        return torch.Generator(self.device).manual_seed(s), s
+    def generator(self, seed: Any) -> tuple[torch.Generator, int | None]:
+        """A generator on the engine's device seeded with ``seed``, and the seed used.
+
+        ``seed`` is an int in ``[0, 2**63)``, ``None`` (fresh entropy: the seed drawn is
+        returned, and engines record it in ``res.stats["seed"]``), or a ``torch.Generator``
+        on the engine's device, used as it is (its state advances; the seed is ``None``).
+        """
+        return seeded(seed, self.device)
 
     def notify(self, i: int, t: float | None, x: Mapping[str, torch.Tensor], **values: Any) -> None:
         """Call the callback (if any) with a :class:`LevelInfo`."""

@@ -14,3 +14,8 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
 @pytest.fixture
 def gen():
     return torch.Generator().manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    # The docs build shows the tutorials' stored executions: run it after the tutorial tests.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_docs.py::test_docs_build"))

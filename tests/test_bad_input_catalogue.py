@@ -3,6 +3,11 @@
 Each row of the catalogue is an input, the probcomp exception it must raise and a substring of the
 message that names the variable, factor, plate or file at fault.  Valid edge cases beside them must
 keep working (and composites the library itself builds must not warn).
+
+The catalogue continues at the engines' boundary in ``test_bad_input_engines.py`` (arguments,
+factor exceptions and shapes, the runaway guard, convergence of concept inversion), at the
+command line in ``test_cli.py`` (output paths, failed writes, Ctrl-C, usage errors) and as
+property-based tests in ``test_properties.py``.
 """
 
 from __future__ import annotations

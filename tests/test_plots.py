@@ -66,3 +66,24 @@ def test_loss_traces_plot_restarts_and_k_curve(tmp_path):
     res.traces = None
     with pytest.raises(pc.ShapeError, match="no per-restart traces"):
         plots.loss_traces(res)
+
+
+def test_summary_figure_shows_samples_per_plate_member_beside_informative_diagnostics(tmp_path):
+    from probcomp.query import summary_figure
+
+    g = Gaussian(torch.tensor([0.5, -0.5, 0.2]), 0.2)
+    sc = pc.Scene()
+    sc.observe("a", sc.control("x", (3,)), factor=g)
+    res = AnnealedMCMC("hmc", 2, 8, resample="ess").run(sc, 100, seed=0)
+    fig = summary_figure(res)
+    labels = [ax.get_ylabel() for ax in fig.axes]
+    assert {"x[0]", "x[1]", "x[2]", "accept", "step_size"} <= set(labels)
+    assert "nfe" not in labels and "resampled" not in labels  # cost and flags are not panels
+    assert sum(bool(ax.patches) for ax in fig.axes) == 3  # one histogram per entry on the diagonal
+    fig.savefig(tmp_path / "summary.png")
+    # a plated control (N, K, d) is drawn per member; a run without per-level stats draws samples only
+    plated = pc.Result({"z": torch.randn(50, 3, 2)}, {})
+    fig = summary_figure(plated)
+    assert {"z[0][0]", "z[1][0]", "z[2][0]"} <= {ax.get_ylabel() for ax in fig.axes}
+    flat = pc.Result({"x": torch.randn(20, 2)}, {"t": torch.linspace(1, 0, 4), "ess": torch.ones(4)})
+    assert "ess" not in [ax.get_ylabel() for ax in summary_figure(flat).axes]  # a flat panel is dropped

@@ -12,9 +12,9 @@ from probcomp.compiled_inversion import CompiledInversion
 from probcomp.errors import SceneError
 from probcomp.results import Result
 from probcomp.scene import Scene
-from probcomp.validation import check_count, check_positive, check_seed
+from probcomp.validation import check_count, check_positive
 
-from ..base import Engine, EngineOptions
+from ..base import Engine, EngineOptions, seeded
 from . import discrete
 from .convergence import assess, line_search_drop, warn_if_unconverged
 from .descent import descend
@@ -172,8 +172,7 @@ class ConceptInversion(Engine):
         t0 = time.perf_counter()
         prob = self._prepare(scene, candidates)
         prob.reset_counters()
-        seed = check_seed(seed)
-        gen = torch.Generator().manual_seed(seed)  # on the CPU whatever the device: same draws anywhere
+        gen, seed = seeded(seed, torch.device("cpu"))  # on the CPU whatever the device: same draws anywhere
         s = _Search(prob, self, gen, prob.draws(self.draws, self.t_range, gen))
         res = self._continuous(s) if prob.continuous else discrete.solve(s)
         res.stats.update(
@@ -216,7 +215,7 @@ class ConceptInversion(Engine):
                     f"concept {n!r} has shape {tuple(v.shape)}, the control has {tuple(prob.shapes[n])}"
                 )
             state[n] = v[None]
-        draws = prob.draws(self.draws, self.t_range, torch.Generator().manual_seed(check_seed(seed)))
+        draws = prob.draws(self.draws, self.t_range, seeded(seed, torch.device("cpu"))[0])
         with torch.no_grad():
             return float(prob.loss(state, draws)[0])
 

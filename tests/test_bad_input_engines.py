@@ -189,3 +189,16 @@ def test_concept_inversion_that_converged_does_not_warn():
     assert res.loss < 1.2 * eng.loss(s, {"c": x}, seed=0)
     assert float((res["c"] - x).abs().max()) < 0.02
     assert math.isfinite(res.stats["convergence"]["relative_drop"])
+
+
+def test_a_generator_is_a_seed():
+    sc = _scene()
+    a = ReverseDiffusion(3).run(sc, 4, seed=torch.Generator().manual_seed(5))
+    b = ReverseDiffusion(3).run(sc, 4, seed=5)
+    assert torch.equal(a["x"], b["x"]) and a.stats["seed"] is None and b.stats["seed"] == 5
+    s, _ = _conditional_gaussian_scene()
+    eng = ConceptInversion(steps=5, restarts=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        r1, r2 = eng.run(s, seed=torch.Generator().manual_seed(3)), eng.run(s, seed=3)
+    assert torch.equal(r1["c"], r2["c"])
