@@ -130,7 +130,7 @@ class CompiledScene(EvaluationCounter):
         self._check_normalisable()
         by_factor: dict[int, list[Term]] = defaultdict(list)
         for t in self.terms:
-            by_factor[id(t.factor) if group else id(t)].append(t)
+            by_factor[_batch_key(t.factor) if group else id(t)].append(t)
         self.groups: tuple[tuple[Term, ...], ...] = tuple(tuple(g) for g in by_factor.values())
         # factors trained on the engine's schedule need no time mapping (checked once, here)
         self._own_clock = {id(t.factor): t.factor.schedule == self.schedule for t in self.terms}
@@ -339,7 +339,9 @@ class CompiledScene(EvaluationCounter):
         is re-raised as a :class:`FactorError` naming the factor, observables and noise level."""
         factor = group[0].factor
         try:
-            if energy:
+            if any(term.factor is not factor for term in group):  # copies of one model (batch_key)
+                s, e = self._evaluate_copies(group, y, tf, energy)
+            elif energy:
                 s, e = factor.score_and_energy(y, tf)
             else:
                 s, e = factor.score(y, tf), None
@@ -366,6 +368,31 @@ class CompiledScene(EvaluationCounter):
                 )
             self._shapes_checked.add(id(factor))
         return s, e
+
+    @staticmethod
+    def _evaluate_copies(
+        group: tuple[Term, ...], y: torch.Tensor, tf: Any, energy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Terms whose factors are distinct copies of one model (equal ``batch_key``, e.g. one
+        network conditioned on several prompts): one ``score_many`` call for all of them, each
+        term on its own rows of ``y`` (factor by factor when energies are asked for)."""
+        k = len(group)
+        ys = list(torch.chunk(y, k))
+        t1 = (
+            tf[: ys[0].shape[0]]
+            if isinstance(tf, torch.Tensor) and tf.ndim == 1 and tf.numel() == y.shape[0]
+            else tf
+        )
+        factors = [term.factor for term in group]
+        many = getattr(type(factors[0]), "score_many", None)
+        if not energy and many is not None:
+            return torch.cat(many(factors, ys, t1)), None
+        outs = [
+            f.score_and_energy(v, t1) if energy else (f.score(v, t1), None)
+            for f, v in zip(factors, ys, strict=True)
+        ]
+        es = [e for _, e in outs]
+        return torch.cat([s for s, _ in outs]), (torch.cat(es) if energy else None)
 
     @staticmethod
     def _names(group: tuple[Term, ...]) -> str:
@@ -461,6 +488,13 @@ class CompiledScene(EvaluationCounter):
             f"CompiledScene({len(self.shapes)} controls, {len(self.terms)} terms in "
             f"{len(self.groups)} batched calls, schedule={self.schedule!r})"
         )
+
+
+def _batch_key(factor: ScoreFactor) -> int:
+    """Terms whose factors share this key are scored in one batched call: the factor object
+    itself, or the ``batch_key`` of factors that are copies of one network (``score_many``)."""
+    key = getattr(factor, "batch_key", None)
+    return key if isinstance(key, int) and hasattr(type(factor), "score_many") else id(factor)
 
 
 def finite_or_raise(x: dict[str, torch.Tensor], where: str) -> None:

@@ -288,20 +288,20 @@ def _and_not(f):
 
 
 def test_a_prompt_composition_makes_one_unet_call_per_level(text_pipeline):
-    """AND / NOT of three prompts and the unconditional term: one batched call per level (after
-    the first, which finds the siblings), the same samples as four separately loaded models."""
+    """AND / NOT of three prompts and the unconditional term: the compiled scene groups the four
+    copies of one U-Net (their ``batch_key``) into one batched call per level, from the first level
+    on, and the samples equal four separately loaded models'."""
     steps, n = 6, 3
     f = from_diffusers(text_pipeline)
     calls = Counter(f.unet)
     sc = pc.Scene()
     sc.observe("latent", sc.control("z", (4, 8, 8)), factor=_and_not(f))
     comp = ReverseDiffusion(steps=steps).compile(sc)
-    assert len(comp.terms) == 4 and len(comp.groups) == 4
+    assert len(comp.terms) == 4 and len(comp.groups) == 1
     res = ReverseDiffusion(steps=steps, sampler="ddim").run(comp, n, seed=1)
-    assert calls.n == steps + 3  # the first level makes one call per condition, later ones one in all
-    assert calls.sizes[4:] == [4 * n] * (steps - 1)
+    assert calls.n == steps and calls.sizes == [4 * n] * steps
     assert res.stats["nfe_total"] == 4 * steps
-    # a second run has learned the plan: exactly one call per level
+    # a second run: again exactly one call per level
     calls.n = 0
     again = ReverseDiffusion(steps=steps, sampler="ddim").run(comp, n, seed=1)
     assert calls.n == steps
@@ -544,10 +544,14 @@ def test_latent_prompt_scenes_run_on_every_engine(text_pipeline, task):
         for k in a.samples:
             assert torch.equal(a[k], b[k]) and bool(torch.isfinite(a[k]).all())
     images = f.decode(a[next(iter(shapes))][:, :, :, :8])
-    if task == "panorama":  # windows at different inputs: no call carries another window's prompt
+    if task == "panorama":  # windows at different inputs, one prompt each: one call per level
         calls = Counter(f.unet)
-        ReverseDiffusion(steps=3).run(build(), 2, seed=4)
-        assert calls.n == 3 * 3 and set(calls.sizes) == {2}
+        joined = ReverseDiffusion(steps=3).run(build(), 2, seed=4)
+        assert calls.n == 3 and set(calls.sizes) == {3 * 2}
+        calls.n = 0  # ground truth: every window in a call of its own, with its own prompt
+        alone = ReverseDiffusion(steps=3, group=False).run(build(), 2, seed=4)
+        assert calls.n == 3 * 3
+        torch.testing.assert_close(joined["x"], alone["x"], rtol=1e-5, atol=1e-5)
     assert images.shape == (2, 3, 16, 16) and bool(torch.isfinite(images).all())
 
 
