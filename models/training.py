@@ -20,11 +20,11 @@ COIND's conditional-independence term (Gaudi et al., Eq. 8 and App. D, Alg. 1),
           \| \epsilon_\theta(x_t, t, c^i) + \epsilon_\theta(x_t, t, c^j)
           - \epsilon_\theta(x_t, t, c^{ij}) - \epsilon_\theta(x_t, t, c^\varnothing) \|^2,
 
-where ``tilde c`` is ``c`` with attribute dropout ``p_drop`` (the seed's ``p_uncond``), ``i != j``
+where ``tilde c`` is ``c`` with attribute dropout ``p_drop`` (COIND's ``p_uncond``, Gaudi et al. 2025), ``i != j``
 are two attributes drawn per example, and ``c^i``, ``c^j``, ``c^{ij}`` keep only those
 attributes of the *original* labels (the rest set to the null token).  The ``1 / sigma_t^2``
-turns the eps residual into the score residual (the Fisher divergence of Eq. 7); it is the
-seed's weighting.  Choosing ``lam``: the seed balances the two terms' gradients, with
+turns the eps residual into the score residual (the Fisher divergence of Eq. 7); it is
+Gaudi et al.'s weighting.  Choosing ``lam``: Gaudi et al. balance the two terms' gradients, with
 ``lam = L_score / L_CI`` measured on a vanilla model, or the rule of thumb
 ``lam = 4000 L_score`` (App. C.3).
 """

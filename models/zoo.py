@@ -172,9 +172,9 @@ RECIPES: dict[str, Recipe] = {
         "blob-empty",
         "eps",
         notes="the empty scene (black 32x32 images), a plain eps U-Net like the object models: the "
-        "learned empty background of the projective seed. Sampled alone it fails (x0 = (y - sigma eps) "
+        "learned empty background of Bradley et al. 2025. Sampled alone it fails (x0 = (y - sigma eps) "
         "/ alpha multiplies its eps error by sigma / alpha, ~150 at t = 1), but composed with blob-xy its "
-        "errors saturate like theirs (benchmarks/length_generalisation.py)",
+        "errors saturate like theirs",
         **_EMPTY_UNET,
     ),
     "blob-empty-precond": Recipe(

@@ -4,8 +4,8 @@ Each data name maps to a seeded sampler ``draw(n, generator) -> (x, cond)``:
 
 * ``blob`` -- one blob per 32x32 image; conditions ``xy`` (its centre, continuous)
   and ``color`` (palette index).  With both dropped the model is the unconditional
-  single-object distribution (the "Bayes background" of the projective seed).
-* ``blob-clutter`` -- the seed's variant (C): a blob at ``xy`` plus 0-4 other
+  single-object distribution (the "Bayes background" of Bradley et al. 2025).
+* ``blob-clutter`` -- Bradley et al.'s variant (C): a blob at ``xy`` plus 0-4 other
   objects at random places (objects at least 7 px apart); dropping ``xy`` gives
   the cluttered background of 1-5 objects.
 * ``blobs-3-5`` -- 3-5 objects 7 px apart, every object a concept ``(xy, color)``

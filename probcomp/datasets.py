@@ -7,7 +7,7 @@ and ``log_prob(x)`` is the exact log-density (``-inf`` outside a uniform support
 * ``bar``          -- uniform on ``[-0.2, 0.2] x [-1, 1]``;
 * ``left_bar``, ``right_bar`` -- the bar shifted to x in ``[-0.6, -0.2]`` / ``[0.2, 0.6]``;
 * ``box(h)``       -- uniform on ``[-h, h]^2`` (``box-0.7``, ``box-0.3``);
-* ``rectangles``   -- the notes seed's pair of rectangles and its 90-degree rotation;
+* ``rectangles``   -- the pair of rectangles of the composition notes' toy and its 90-degree rotation;
 * :func:`coind_toy` -- ``X = (C1, C2) + 0.2 N(0, I)``, ``C`` in ``{-1, +1}^2``, with
   chosen attribute combinations left out of the support.
 
@@ -120,7 +120,7 @@ def box(half_width: float) -> Dataset2D:
 
 
 def rectangles(rotated: bool = False) -> Dataset2D:
-    """Two parallel rectangles (the notes seed's toy); ``rotated`` turns them by 90 degrees."""
+    """Two parallel rectangles (a composition toy); ``rotated`` turns them by 90 degrees."""
     pair = [(-0.8, -0.2, -0.3, 0.3), (0.2, 0.8, -0.3, 0.3)]
     if rotated:
         pair = [(y0, y1, x0, x1) for x0, x1, y0, y1 in pair]

@@ -15,7 +15,7 @@ from .errors import ShapeError
 from .results import Result
 from .scene import CONTROL, Scene
 
-__all__ = ["image_grid", "loss_traces", "per_level", "samples_2d", "scene_graph"]
+__all__ = ["image_grid", "loss_traces", "pairs", "per_level", "samples_2d", "scene_graph", "summary"]
 
 
 def _plt() -> Any:
@@ -171,5 +171,150 @@ def scene_graph(scene: Scene) -> Any:
     labels = {n: n if n in controls else f"{n}\n{g.nodes[n]['factor'].name}" for n in g.nodes}
     nx.draw_networkx_labels(g, pos, labels, font_size=7, ax=ax)
     ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def _members(name: str, v: torch.Tensor, max_dims: int) -> list[tuple[str, torch.Tensor]]:
+    """A control's samples as ``(label, (N, d))`` panels: one per plate member for ``(N, K, d)``."""
+    v = v.detach().cpu().double()
+    if v.ndim == 1:
+        return [(name, v[:, None])]
+    if v.ndim == 3 and v.shape[2] <= max_dims:  # a vectorised plate: K members of d entries
+        return [(f"{name}[{k}]", v[:, k]) for k in range(v.shape[1])]
+    return [(name, v.reshape(v.shape[0], -1)[:, :max_dims])]
+
+
+def pairs(
+    samples: dict[str, torch.Tensor], *, max_dims: int = 4, max_points: int = 1000, axes: Any = None
+) -> Any:
+    """Pair plots of each control (per plate member): histograms on the diagonal, scatter below.
+
+    ``samples`` maps names to ``(N, ...)`` tensors; a control of shape ``(K, d)`` with small ``d`` is
+    drawn as ``K`` plate members, larger controls by their first ``max_dims`` entries.
+    """
+    plt = _plt()
+    panels = [m for name, v in samples.items() for m in _members(name, v, max_dims)]
+    if not panels:
+        raise ShapeError("pairs: no samples to draw")
+    width = max(p.shape[1] for _, p in panels)
+    fig = None
+    if axes is None:
+        fig, axes = plt.subplots(
+            len(panels) * width, width, figsize=(2.0 * width, 2.0 * width * len(panels)), squeeze=False
+        )
+    for j, (label, xs) in enumerate(panels):
+        pts = xs[:max_points].numpy()
+        d = xs.shape[1]
+        for a in range(width):
+            for b in range(width):
+                ax = axes[j * width + a][b]
+                if a >= d or b >= d or b > a:
+                    ax.set_axis_off()
+                    continue
+                if a == b:
+                    ax.hist(xs[:, a].numpy(), bins=40, color="tab:blue", alpha=0.8)
+                    ax.set_yticks([])
+                else:
+                    ax.scatter(pts[:, b], pts[:, a], s=2, c="tab:red", alpha=0.4)
+                if b == 0:
+                    ax.set_ylabel(f"{label}[{a}]" if d > 1 else label, fontsize=7)
+                if a == d - 1:
+                    ax.set_xlabel(f"{label}[{b}]" if d > 1 else label, fontsize=7)
+                ax.tick_params(labelsize=6)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else axes[0][0].figure
+
+
+_DIAGNOSTICS = (
+    "accept",
+    "step_size",
+    "ess",
+    "log_evidence_increment",
+    "objective_before",
+    "objective_after",
+    "lambda_mean",
+    "nfe",
+)
+
+
+def _informative(result: Result) -> dict[str, torch.Tensor]:
+    """Per-level statistics that vary over the levels (flat panels say nothing)."""
+    t = result.stats.get("t")
+    if not isinstance(t, torch.Tensor):
+        return {}
+    out = {}
+    for k, v in result.stats.items():
+        if (
+            k in ("t", "nfe", "resampled")
+            or not isinstance(v, torch.Tensor)
+            or v.ndim != 1
+            or v.shape != t.shape
+        ):
+            continue  # NFE is cost, not a diagnostic; resampling is marked on the ESS panel
+        v = v.double()
+        finite = v[torch.isfinite(v)]
+        if finite.numel() < 2 or float(finite.max() - finite.min()) <= 1e-9 * max(
+            1.0, float(finite.abs().max())
+        ):
+            continue
+        out[k] = v
+    order = {k: i for i, k in enumerate(_DIAGNOSTICS)}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def summary(result: Result, *, max_dims: int = 4, max_controls: int = 4, max_points: int = 1000) -> Any:
+    """What a user looks at after a run: the samples beside the diagnostics that vary.
+
+    Left, pair plots of each control (per plate member; image controls as a grid of samples);
+    right, the per-level statistics of the engine that are not constant over the levels
+    (acceptance and step size of annealed MCMC, effective sample size when weights were used,
+    the objectives of PerStepEM, ...), against the noise level ``t``.
+    """
+    plt = _plt()
+    samples = dict(list(result.samples.items())[:max_controls])
+    images = {k: v for k, v in samples.items() if v.ndim == 4 and v.shape[1] in (1, 3)}
+    points = {k: v for k, v in samples.items() if k not in images}
+    diag = _informative(result)
+    panels = [m for name, v in points.items() for m in _members(name, v, max_dims)]
+    width = max([p.shape[1] for _, p in panels], default=0)
+    rows = max(len(panels) * width + 2 * len(images), len(diag), 1)
+    cols = width + (2 if diag else 0) or 2
+    fig = plt.figure(figsize=(2.1 * cols + 0.5, 1.9 * rows + 0.6))
+    grid = fig.add_gridspec(rows, cols)
+    if panels:
+        axes = [[fig.add_subplot(grid[r, c]) for c in range(width)] for r in range(len(panels) * width)]
+        pairs(points, max_dims=max_dims, max_points=max_points, axes=axes)
+    r0 = len(panels) * width
+    for j, (name, v) in enumerate(images.items()):
+        imgs = ((v[:8].detach().cpu().float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+        sub = grid[r0 + 2 * j : r0 + 2 * j + 2, : max(width, 2)].subgridspec(2, 4)
+        for k in range(min(8, imgs.shape[0])):
+            ax = fig.add_subplot(sub[k // 4, k % 4])
+            ax.imshow(imgs[k, :, :, 0] if imgs.shape[-1] == 1 else imgs[k], cmap="gray", vmin=0, vmax=1)
+            ax.set_axis_off()
+            if k == 0:
+                ax.set_title(name, fontsize=8)
+    if diag:
+        t = torch.as_tensor(result.stats["t"]).double().numpy()
+        dgrid = grid[:, cols - 2 :].subgridspec(len(diag), 1)
+        first: Any = None
+        for i, (k, v) in enumerate(diag.items()):
+            ax = fig.add_subplot(dgrid[i, 0], sharex=first)
+            first = first if first is not None else ax
+            ax.plot(t, v.numpy(), lw=1)
+            ax.set_ylabel(k, fontsize=8)
+            ax.tick_params(labelsize=6)
+            resampled = result.stats.get("resampled")
+            if k == "ess" and isinstance(resampled, torch.Tensor) and resampled.shape == v.shape:
+                for tr in t[resampled.bool().numpy()]:
+                    ax.axvline(tr, color="tab:gray", lw=0.6, ls=":")
+            if k in ("step_size", "objective_before", "objective_after") and bool((v > 0).all()):
+                ax.set_yscale("log")
+            if i == len(diag) - 1:
+                ax.set_xlabel("noise level t", fontsize=8)
+        first.invert_xaxis()  # time runs from noise to data
+    fig.suptitle(result.engine or "result", fontsize=10)
     fig.tight_layout()
     return fig

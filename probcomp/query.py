@@ -13,8 +13,6 @@ import runpy
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .errors import SceneError
 from .program import scene_from_pyro
 from .results import Result
@@ -98,14 +96,10 @@ def summary(res: Result) -> dict[str, Any]:
 
 
 def summary_figure(res: Result) -> Any:
-    """Samples of the first 2-D control over nothing, or the per-level diagnostics."""
+    """The samples (pair plots of each control, per plate member) beside the engine's per-level
+    diagnostics that vary over the levels; see :func:`probcomp.plots.summary`."""
     from . import plots
 
-    two_d = [k for k, v in res.samples.items() if tuple(v.shape[1:]) == (2,)]
-    if two_d:
-        x = res[two_d[0]]
-        lim = float(x.abs().quantile(0.99)) * 1.1 + 1e-6
-        return plots.samples_2d({two_d[0]: x}, lim=lim, title=res.engine)
-    if isinstance(res.stats.get("t"), torch.Tensor):
-        return plots.per_level(res)
-    return None
+    if not res.samples:
+        return None
+    return plots.summary(res)

@@ -3,7 +3,7 @@
 A :class:`Scene` is declarative.  Control variables ``X`` (what is generated or
 inferred) carry a shape and an optional prior; observable variables ``Y`` carry
 a factor, an observation function ``f_i``, a noise scale ``psi_i`` and a weight
-``w_i``, with (seed 004, Eq. 1)
+``w_i``, with (Compositional Generative Inference Using Diffusion-Based Optimization, Eq. 1)
 
     y_i = f_i(PA(y_i)) + N(0, psi_i^2 I),
 

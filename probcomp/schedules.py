@@ -1,6 +1,6 @@
 """Variance-preserving noise schedules and noise-level matching.
 
-Convention (DESIGN.md): ``y_t = sqrt(abar(t)) y_0 + sqrt(1 - abar(t)) eps`` with
+Convention: ``y_t = sqrt(abar(t)) y_0 + sqrt(1 - abar(t)) eps`` with
 continuous ``t`` in [0, 1], ``t = 0`` clean.  Every schedule is described by its
 log signal-to-noise ratio ``log_snr(t) = log(abar / (1 - abar))``, which is
 monotone decreasing in ``t``; ``abar = sigmoid(log_snr)``.

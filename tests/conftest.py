@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-# Parallel workers share two cores: one torch thread each (DESIGN.md, "Habits").
+# Parallel workers share two cores: one torch thread each (two-thread processes slow each other down).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 

@@ -1,0 +1,669 @@
+"""Write one documentation page per benchmark from ``benchmarks/results/*.json``.
+
+Every table is generated from the JSON a benchmark printed, and every number in a page's
+findings is read from that JSON here, never typed in; each page names the command that
+wrote its files.  Run by ``docs/conf.py`` at every build (``python docs/gen_benchmark_pages.py
+OUT_DIR`` by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+MAX_COLUMNS = 9
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if v == 0:
+            return "0"
+        a = abs(v)
+        return f"{v:.3g}" if a < 1e-3 or a >= 1e5 else f"{v:.4g}"
+    if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+        return "(" + ", ".join(fmt(x) for x in v) + ")"
+    if isinstance(v, dict) and set(v) == {"mean", "std"}:
+        return fmt(v["mean"]) if not v["std"] else f"{fmt(v['mean'])} ± {fmt(v['std'])}"
+    return str(v).replace("|", "\\|")
+
+
+def _leaf(v: Any) -> bool:
+    return (
+        not isinstance(v, (dict, list))
+        or (isinstance(v, dict) and set(v) == {"mean", "std"})
+        or (isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v) and len(v) <= 8)
+    )
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if _leaf(v):
+            out[key] = v
+        elif isinstance(v, dict):
+            out.update(flatten(v, key + " / "))
+    return out
+
+
+def table(rows: dict[str, dict[str, Any]], first: str = "") -> list[str]:
+    """Markdown tables, rows = keys of ``rows``, columns = their flattened entries (split when wide)."""
+    flat = {r: flatten(v) for r, v in rows.items()}
+    cols: list[str] = []
+    for f in flat.values():
+        cols += [c for c in f if c not in cols]
+    out: list[str] = []
+    for i in range(0, len(cols), MAX_COLUMNS):
+        part = cols[i : i + MAX_COLUMNS]
+        out += ["| " + " | ".join([first or " ", *part]) + " |", "|" + "---|" * (len(part) + 1)]
+        out += ["| " + " | ".join([f"`{r}`", *(fmt(f.get(c)) for c in part)]) + " |" for r, f in flat.items()]
+        out.append("")
+    return out
+
+
+def render(obj: Any, title: str, depth: int = 3) -> list[str]:
+    """A JSON value as headed tables: a dict of dicts is a table, scalars a two-column table."""
+    out = [f"{'#' * depth} `{title}`", ""]
+    if isinstance(obj, list):
+        if obj and all(isinstance(x, dict) for x in obj):
+            return out + table({str(i): x for i, x in enumerate(obj)}, "#")
+        return [*out, fmt(obj), ""]
+    if not isinstance(obj, dict):
+        return [*out, fmt(obj), ""]
+    scalars = {k: v for k, v in obj.items() if _leaf(v)}
+    nested = {k: v for k, v in obj.items() if not _leaf(v)}
+    if scalars:
+        out += ["| entry | value |", "|---|---|", *(f"| `{k}` | {fmt(v)} |" for k, v in scalars.items()), ""]
+    rowlike = {
+        k: v for k, v in nested.items() if isinstance(v, dict) and v and any(_leaf(x) for x in v.values())
+    }
+    if len(rowlike) >= 2 and depth >= 3:
+        out += table(rowlike)
+        nested = {k: v for k, v in nested.items() if k not in rowlike}
+    for k, v in nested.items():
+        if depth < 5:
+            out += render(v, k, depth + 1)
+    return out
+
+
+# ---------------------------------------------------------------- pages
+
+
+class Results:
+    """The JSON files of one benchmark, with dotted look-ups for the findings."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.data = {
+            f: json.loads((RESULTS / f).read_text())
+            for f in files
+            if f.endswith(".json") and (RESULTS / f).is_file()
+        }
+
+    def __call__(self, file: str, *path: str | int, digits: int | None = None, pct: bool = False) -> str:
+        v: Any = self.data[file]
+        for p in path:
+            v = v[p]
+        if isinstance(v, dict) and "mean" in v:
+            v = v["mean"]
+        if pct:
+            return f"{100 * v:.{digits if digits is not None else 1}f}%"
+        if digits is not None:
+            return f"{v:.{digits}f}"
+        return fmt(v)
+
+
+@dataclass
+class Page:
+    slug: str
+    title: str
+    script: str
+    intro: str
+    runs: dict[str, str]  # result file -> the command that wrote it
+    findings: Callable[[Results], str] | None = None
+    figures: list[str] = field(default_factory=list)
+    sections: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def _product2d(r: Results) -> str:
+    f = "product2d.json"
+    a = ("variants", "analytic", "samplers")
+    return f"""
+- **Annealed HMC with annealed-importance weights, resampled at every level, is the sampler for
+  products.**  On the analytic ring × bar it reaches W2 {r(f, *a, "hmc-ais-always", "w2", digits=3)}
+  against a two-draw floor of {r(f, "summary", "analytic", "floor_w2", digits=3)}
+  ({r(f, "summary", "analytic", "best_w2_over_floor", digits=2)}× the floor), every mode weight within
+  {r(f, *a, "hmc-ais-always", "mode_err_max", digits=3)} of the exact one, at
+  {r(f, *a, "hmc-ais-always", "nfe")} score evaluations per particle.
+- **Reverse diffusion on summed scores is biased**: W2 {r(f, *a, "ddpm", "w2", digits=3)}, the largest
+  mode-weight error {r(f, *a, "ddpm", "mode_err_max", digits=3)}.  The bias is in the target (the
+  product of noised factors is not the noised product), so more steps do not remove it.
+- **Metropolis tests from energies beat tests from scores** at equal acceptance: HMC with the
+  energy test {r(f, *a, "hmc-energy", "w2", digits=3)}, with the 4-point score line integral
+  {r(f, *a, "hmc-score4", "w2", digits=3)}, with 2 points {r(f, *a, "hmc-score2", "w2", digits=3)} and along
+  the leapfrog path {r(f, *a, "hmc-effective", "w2", digits=3)}: the 2-point and path tests cancel the
+  energy error identically, so the engine warns about them and `trapezoid_points` defaults to 3.
+- **SMC with reverse-step kernels is fragile on the default grid** (W2
+  {r(f, *a, "hmc-smc-always", "w2", digits=3)}): its last interval, down to `t_min = 1e-3`, is a large drop
+  in noise, where the reverse-step kernel ratio degenerates.  The AIS weights (`reverse_step=False`)
+  do not use that ratio.
+- **On the learned zoo models** (score-only `ring8` × `bar`) the best W2 is
+  {r(f, "summary", "learned-score", "best_w2", digits=3)} ({r(f, "summary", "learned-score", "best_annealed")}),
+  against {r(f, "summary", "learned-score", "ddpm_w2", digits=3)} for reverse diffusion; the rest of the gap is the
+  balance between the two dominant modes, which local moves at low noise do not change.
+"""
+
+
+def _mixture(r: Results) -> str:
+    f = "mixture_negation.json"
+    s = ("summary",)
+    return f"""
+- **A mixture of learned energies needs normalised energies.**  Each learned energy carries its own
+  unknown `log Z(t)`; `probcomp.factors.NormalisedEnergy` removes it by quadrature.  Normalised, the
+  learned mixture reaches W2 {r(f, *s, "mixture-learned-normalised", "best_w2", digits=3)} against a floor of
+  {r(f, *s, "mixture-learned-normalised", "floor_w2", digits=3)}; with raw energies
+  {r(f, *s, "mixture-learned", "best_w2", digits=3)}.
+- **A mixture commutes with noising**, so reverse diffusion on exact mixture scores is already
+  exact: {r(f, *s, "mixture-analytic", "best_over_floor", digits=2)}× the floor on the analytic variant.
+- **The learned negation fails** (best W2 {r(f, *s, "negation-learned", "best_w2", digits=3)}, floor
+  {r(f, *s, "negation-learned", "floor_w2", digits=3)}): along the noise path `p_0.7 / p_0.3^gamma` decays only
+  where `E_0.3` grows no faster than `E_0.7 / gamma`, and the learned energies extrapolate outside their
+  data.  The strength sweep (`negation_gamma_sweep_ddpm`) trades particles left inside the negated box
+  against particles escaping the outer one.
+"""
+
+
+def _panorama(r: Results) -> str:
+    f = "panorama.json"
+    v = ("variants", "learned/stride8")
+    w = ("variants", "learned/stride16")
+    return f"""
+- **PerStepEM's panoramas are as realistic as real signals** at stride 8: sliced W2
+  {r(f, *v, "per-step-em", "panorama_sliced_w2", digits=3)} against real-vs-real
+  {r(f, "real_vs_real", "stride8", "panorama_sliced_w2", digits=3)}, with seams
+  {r(f, *v, "per-step-em", "seam_ratio", digits=2)}× the real jumps.
+- **Summing overlapping windows' scores in reverse diffusion shrinks the signal** (std
+  {r(f, *v, "ddpm-sum", "std", digits=2)} against real {r(f, "real_vs_real", "stride8", "std", digits=2)}): a product of
+  overlapping marginals over-counts the overlaps.
+- **Stochastic DDIM steps (`eta > 0`) smooth the seams but cost realism**: at stride 16, seams
+  {r(f, *w, "per-step-em-eta1", "seam_ratio", digits=2)} and W2 {r(f, *w, "per-step-em-eta1", "panorama_sliced_w2", digits=3)} at
+  `eta = 1`, against {r(f, *w, "per-step-em", "seam_ratio", digits=2)} and
+  {r(f, *w, "per-step-em", "panorama_sliced_w2", digits=3)} at the paper's `eta = 0`.
+- **Free auxiliary step sizes widen the seams** (L1 strength 0: seams
+  {r(f, *w, "per-step-em-lambda0", "seam_ratio", digits=2)} at stride 16).
+"""
+
+
+def _whole_part(r: Results) -> str:
+    f = "whole_part.json"
+    m = ("methods",)
+    return f"""
+- **The part observable works**: with it {r(f, *m, "reverse-diffusion", "part_satisfied", pct=True)} (reverse
+  diffusion) and {r(f, *m, "per-step-em-eta1-clip", "part_satisfied", pct=True)} (PerStepEM, `eta = 1`, clamped) of
+  crops hold the requested colour, against {r(f, "real", "part_satisfied", pct=True)} in real scenes.
+- **The paper's deterministic PerStepEM needs a preconditioned model**: with the zoo's plain-eps U-Nets
+  its realism ratio is {r(f, *m, "per-step-em", "whole_denoising_loss", digits=1)} (1 is data), because deterministic DDIM
+  integrates high-noise eps errors through `sigma / alpha`.  Clamping the denoised estimate
+  (`clip_x0`) and stochastic steps (`eta = 1`) repair it.
+"""
+
+
+def _background_object(r: Results) -> str:
+    f = "background_object.json"
+    m = ("methods",)
+    return f"""
+- **PerStepEM with stochastic, clamped steps composes best**: the object is in place in
+  {r(f, *m, "per-step-em-eta1-clip", "object_at_box", pct=True)} of images with
+  {r(f, *m, "per-step-em-eta1-clip", "cut_objects", digits=2)} cut blobs per image; pasting independent draws
+  cuts {r(f, *m, "paste", "cut_objects", digits=2)} per image.
+- **Plain reverse diffusion on summed scores is realistic but places the object less often**
+  ({r(f, *m, "reverse-diffusion", "object_at_box", pct=True)}): the object term is one of three summed scores on the box.
+"""
+
+
+def _object_discovery(r: Results) -> str:
+    f = "object_discovery_full.json"
+    s = ("settings",)
+    e = "object_discovery_equal_work.json"
+    return f"""
+- **Composed concept inversion finds the objects, also beyond the training counts**: perception rate
+  {r(f, *s, "in-distribution", "ours", "perception_rate", digits=3)} with 3–5 objects and
+  {r(f, *s, "more-objects", "ours", "perception_rate", digits=3)} with 6–8 (the model was trained on 3–5).
+- **Multiple starts matter**: from one random start without relocation,
+  {r(f, *s, "in-distribution", "ours-single-start", "perception_rate", digits=3)} /
+  {r(f, *s, "more-objects", "ours-single-start", "perception_rate", digits=3)}.
+- **A discriminative CNN with 5 slots does not generalise**: {r(f, *s, "in-distribution", "cnn", "perception_rate", digits=3)}
+  in distribution, {r(f, *s, "more-objects", "cnn", "perception_rate", digits=3)} with more objects,
+  {r(f, *s, "new-background", "cnn", "perception_rate", digits=3)} on a grey background.
+- **On the grey background the composed model is behind the set-conditioned generative classifier**
+  ({r(f, *s, "new-background", "ours", "perception_rate", digits=3)} against
+  {r(f, *s, "new-background", "generative-classifier", "perception_rate", digits=3)}), and there the model, not the
+  search, is at fault (`misses` counts images where the model scores the truth worse than its answer).
+- **At equal work the set-conditioned classifier matches the composition** on this data
+  ({e}: {r(e, "settings", "in-distribution", "generative-classifier-long", "perception_rate", digits=3)} with
+  {r(e, "settings", "in-distribution", "generative-classifier-long", "nfe_per_image")} network inputs per image): its
+  heat-map code of object centres is additive and local, so its convolutional network composes it by itself.
+- **Choosing `K` by Eq. 5.9** picked the right count on a fraction
+  {r(f, "count", "count_accuracy", digits=2)} of {r(f, "count", "images")} images.
+"""
+
+
+def _attribute_inference(r: Results) -> str:
+    f = "attribute_inference.json"
+    return f"""
+- **The composed classifier `p(x | c1) p(x | c2) / p(x)` is exact on the unseen combination** for
+  every model (held-out accuracy {r(f, "models", "lam=0", "composed", "held_out_accuracy", digits=2)} even without COIND).
+- **The joint classifier is not**: without COIND it answers from an untrained corner of its conditioning
+  ({r(f, "models", "lam=0", "joint", "held_out_accuracy", digits=2)}); COIND's CI term repairs it
+  ({r(f, "models", "lam=10", "joint", "held_out_accuracy", digits=2)} at `lam = 10`).
+"""
+
+
+def _coind(r: Results) -> str:
+    t = "coind_tweedie.json"
+    m = ("models", "vanilla (zoo, p_uncond 0.1)", "joints")
+    return f"""
+- **Eq. 1 on marginals cannot reach an unseen corner of partially supported attributes**, with any
+  training: the marginal `p(x | c1 = +1)` is the seen `(+1, −1)` cluster.  Composing *seen joints*
+  (App. E.1) is the lever that works.
+- **Stopping where the scores were trained closes the gap**: DDPM on the composed joints puts
+  {r(t, *m, "ddpm", "in_3sigma", pct=True)} of samples within 3σ of the unseen mean; stopping at `t = 0.4` with one
+  Tweedie step (`ReverseDiffusion(t_min=0.4, last_step="tweedie")`) puts {r(t, *m, "tweedie@0.4", "in_3sigma", pct=True)}
+  there, at {r(t, *m, "tweedie@0.4", "nfe")} score evaluations per sample against {r(t, *m, "ddpm", "nfe")}.
+- **COIND's CI term lowers the CI violation** (`jsd_bits` per model) and makes marginals and joints
+  agree, but on this toy they agree on a biased answer (`coind_lams_tweedie.json`); it helps attribute
+  *inference* instead (the attribute-inference benchmark).
+"""
+
+
+def _coind_shapes(r: Results) -> str:
+    g = "coind_shapes_guided.json"
+    return f"""
+- **COIND lowers the CI violation** on coloured shapes too (JSD
+  {r(g, "models", "vanilla", "jsd_bits", digits=3)} → {r(g, "models", "coind lam=1", "jsd_bits", digits=4)} bits).
+- **With guidance (`w = 3`) the plain conditional model composes the held-out combinations better than
+  COIND** at this training length (CS {r(g, "models", "vanilla", "held_out_marginals", "cs", digits=2)} against
+  {r(g, "models", "coind lam=1", "held_out_marginals", "cs", digits=2)} by Eq. 1).
+"""
+
+
+def _length(r: Results) -> str:
+    f = "length_generalisation_filled.json"
+    b = "length_generalisation.json"
+    return f"""
+- **Eq. 6 as written rarely places every object beyond a few**: the learned score deltas leak off
+  their objects and `K` leaks add up (`{b}`: hit rate {r(b, "results", "empty-learned/ddpm", "mean_over_k", "hit_rate", digits=2)}
+  averaged over `K` for the learned empty background).
+- **Imposing Def. 5.2 makes it work for every `K`**: `compose.projective(..., masks=, fill=)` keeps each
+  score delta on its own cell and shows each network a noised empty image off its cell.  With the exact
+  empty background every requested object appears (hit rate
+  {r(f, "results", "empty-masked-filled/ddpm", "mean_over_k", "hit_rate", digits=2)}, exact count in a fraction
+  {r(f, "results", "empty-masked-filled/ddpm", "mean_over_k", "count_accuracy", digits=2)} of scenes, position error
+  {r(f, "results", "empty-masked-filled/ddpm", "mean_over_k", "position_error_px", digits=2)} px).
+- **The Bayes background gives no objects for `K ≥ 2`** (Bradley et al., Lemma 7.2).
+"""
+
+
+def _overhead(r: Results) -> str:
+    f = "annealed_overhead.json"
+    return f"""
+- probcomp's annealed loop costs {r(f, "ratio_probcomp_over_handwritten", digits=2)}× a hand-written torch loop
+  doing the same math ({r(f, "probcomp_s", digits=1)} s against {r(f, "handwritten_s", digits=1)} s,
+  {r(f, "particles")} particles, {r(f, "nfe")} NFE; identical samples: {r(f, "same_samples_as_handwritten")}).
+"""
+
+
+PAGES = [
+    Page(
+        "product2d",
+        "Products of two factors: reverse diffusion against annealed MCMC",
+        "product2d.py",
+        "Ring × bar in 2-D, analytic (exact scores and energies) and learned (the zoo's `ring8` and `bar`), "
+        "2000 samples, 100 levels × 10 transitions, against exact samples of the product.  Metrics: W2 "
+        "(with the floor between two exact draws), mode weights, mean log-likelihood, NFE per particle.",
+        {"product2d.json": "python benchmarks/product2d.py --json --out benchmarks/results/product2d.json"},
+        _product2d,
+        sections=lambda d: {
+            "summary": d["summary"],
+            **{f"{v} samplers": d["variants"][v]["samplers"] for v in d["variants"]},
+            "budget sweep (HMC, energy test, analytic)": {
+                f"{b['levels']}x{b['steps_per_level']}": {
+                    k: v for k, v in b.items() if k not in ("levels", "steps_per_level")
+                }
+                for b in d["budget_sweep_hmc_energy_analytic"]
+            },
+            "config": d["config"],
+        },
+    ),
+    Page(
+        "mixture_negation",
+        "Mixtures and negations of energies",
+        "mixture_negation.py",
+        "Left bar OR right bar (weights 0.3 / 0.7) with analytic, learned and learned-normalised energies, "
+        "and box-0.7 NOT box-0.3, against exact samples.",
+        {
+            "mixture_negation.json": "python benchmarks/mixture_negation.py --json --out benchmarks/results/mixture_negation.json"
+        },
+        _mixture,
+        sections=lambda d: {
+            "summary": d["summary"],
+            **{f"{v} samplers": d["variants"][v]["samplers"] for v in d["variants"]},
+            "negation strength sweep (DDPM)": {
+                f"gamma={x['gamma']}": x for x in d["negation_gamma_sweep_ddpm"]
+            },
+            "config": d["config"],
+        },
+    ),
+    Page(
+        "panorama",
+        "Panoramas from a patch model (PerStepEM)",
+        "panorama.py",
+        "A 64-sample signal from 32-sample windows at stride 16 or 8, each scored by the same patch factor, "
+        "512 panoramas, 100 levels, against real signals.  Seam = mean jump at window edges over real "
+        "signals'; W2 = sliced W2 of whole panoramas and of all windows.",
+        {
+            "panorama.json": "python benchmarks/panorama.py --json --out benchmarks/results/panorama.json",
+            "panorama.png": "python benchmarks/panorama.py --samples 16 --strides 16 --figure benchmarks/results/panorama.png",
+        },
+        _panorama,
+        ["panorama.png"],
+        sections=lambda d: {"real vs real": d["real_vs_real"], **d["variants"], "config": d["config"]},
+    ),
+    Page(
+        "whole_part",
+        "Whole + part: one image scored by two models",
+        "whole_part.py",
+        "A 32×32 image scored whole by `blob-clutter` and its top-left 16×16 crop by `blob-part` conditioned "
+        "on a requested colour; 128 images, 100 levels.  `part_satisfied`: the crop holds a blob of the "
+        "requested colour; `whole_count_ok`: 1–5 objects; `whole_denoising_loss`: realism, 1 is data.",
+        {
+            "whole_part.json": "python benchmarks/whole_part.py --json --out benchmarks/results/whole_part.json "
+            "--figure benchmarks/results/whole_part.png"
+        },
+        _whole_part,
+        ["whole_part.png"],
+    ),
+    Page(
+        "background_object",
+        "Background + object through a masked composite",
+        "background_object.py",
+        "Two controls (a scene and one requested blob) and a composite observable (`ops.composite`); 128 "
+        "images, 100 levels.  `object_at_box`: the requested blob within 3 px of the box centre; "
+        "`cut_objects`: blobs cut by the box edge per image; `composite_denoising_loss`: realism.",
+        {
+            "background_object.json": "python benchmarks/background_object.py --json --out "
+            "benchmarks/results/background_object.json --figure benchmarks/results/background_object.png"
+        },
+        _background_object,
+        ["background_object.png"],
+    ),
+    Page(
+        "object_discovery",
+        "Object discovery by concept inversion",
+        "object_discovery.py",
+        "A CPU-sized analogue of the dissertation's Table 5.1: 32×32 images of coloured blobs (3–5 objects "
+        "as in training, 6–8 objects, and a grey background), the zoo's `blobs-composed-long` composed once "
+        "per object, the true `K` given.  Perception rate: the share of objects matched within squared "
+        "error 0.002 in [0, 1] coordinates (about 1.4 px).",
+        {
+            "object_discovery_full.json": "python benchmarks/object_discovery.py --images 100 --workers 2 "
+            "--count-images 6 --verbose --json --log benchmarks/results/object_discovery_full.jsonl "
+            "--out benchmarks/results/object_discovery_full.json",
+            "object_discovery_equal_work.json": "python benchmarks/object_discovery.py --images 8 --settings "
+            "in-distribution more-objects --methods ours generative-classifier generative-classifier-long "
+            "--json --log benchmarks/results/object_discovery_full.jsonl --out "
+            "benchmarks/results/object_discovery_equal_work.json",
+        },
+        _object_discovery,
+    ),
+    Page(
+        "attribute_inference",
+        "Attribute inference on the COIND toy",
+        "attribute_inference.py",
+        "Given `x`, infer `(c1, c2)` with `(+1, +1)` never seen in training: exhaustive enumeration "
+        "(Alg. 4) with 32 shared draws, 50 points per combination.",
+        {
+            "attribute_inference.json": "python benchmarks/attribute_inference.py --points 50 --json --out "
+            "benchmarks/results/attribute_inference.json"
+        },
+        _attribute_inference,
+    ),
+    Page(
+        "coind",
+        "COIND attribute composition on the 2-D toy",
+        "coind.py",
+        "`X = (C1, C2) + 0.2 N(0, I)` with `(+1, +1)` held out; the unseen combination sampled from "
+        "composed marginals (Eq. 1) or composed seen joints (App. E.1).  `in_3sigma`: the share of samples "
+        "within 3σ of the unseen mean; `jsd_bits`: the CI violation (Eq. 17).",
+        {
+            "coind.json": "python benchmarks/coind.py --samples 1000 --samplers ddpm annealed-ula --json --out "
+            "benchmarks/results/coind.json",
+            "coind_tweedie.json": "python benchmarks/coind.py --lams --samples 2000 --samplers ddpm tweedie@0.2 "
+            "tweedie@0.3 tweedie@0.4 tweedie@0.5 --json --out benchmarks/results/coind_tweedie.json",
+            "coind_lams_tweedie.json": "python benchmarks/coind.py --lams 0 1 10 --no-zoo --samples 2000 "
+            "--samplers ddpm tweedie@0.3 tweedie@0.4 tweedie@0.5 --json --out benchmarks/results/coind_lams_tweedie.json",
+            "coind_lam0.1_tweedie.json": "python benchmarks/coind.py --lams 0.1 --no-zoo --samples 2000 --samplers "
+            "ddpm tweedie@0.3 tweedie@0.4 tweedie@0.5 --json --out benchmarks/results/coind_lam0.1_tweedie.json",
+            "coind_lam10_steps16000.json": "python benchmarks/coind.py --lams 10 --steps 16000 --no-zoo --samplers "
+            "ddpm --samples 1000 --json --out benchmarks/results/coind_lam10_steps16000.json",
+            "coind_sigma_data_0.2.json": "python benchmarks/coind.py --lams 0 10 --sigma-data 0.2 --no-zoo "
+            "--samplers ddpm --samples 1000 --json --out benchmarks/results/coind_sigma_data_0.2.json",
+        },
+        _coind,
+        sections=lambda d: {"best": d["best"], **d["models"], "config": d["config"]},
+    ),
+    Page(
+        "coind_shapes",
+        "COIND on coloured shapes",
+        "coind_shapes.py",
+        "16×16 shapes (circle, square, triangle) in red, green or blue with square-blue and triangle-blue "
+        "held out; a plain conditional and a COIND U-Net, 32 samples per combination, scored by a CNN "
+        "classifier (CS: the share read as the requested combination).",
+        {
+            "coind_shapes.json": "python benchmarks/coind.py --task shapes --json --out "
+            "benchmarks/results/coind_shapes.json --figure benchmarks/results/coind_shapes.png",
+            "coind_shapes_guided.json": "python benchmarks/coind.py --task shapes --guidance 3 --json --out "
+            "benchmarks/results/coind_shapes_guided.json",
+        },
+        _coind_shapes,
+        ["coind_shapes.png"],
+    ),
+    Page(
+        "length_generalisation",
+        "Length generalisation by projective composition",
+        "length_generalisation.py",
+        "The zoo's `blob-xy` (one blob at a requested place) composed `K` times over a background "
+        "(weight `1 - K` on the background), 8 scenes per `K` (32 in `length_generalisation_32.json`), "
+        "100 levels.  `hit_rate`: the share of requested objects found within 3 px; `count_accuracy`: "
+        "the share of scenes with exactly `K` objects.",
+        {
+            "length_generalisation.json": "python benchmarks/length_generalisation.py --json --out "
+            "benchmarks/results/length_generalisation.json",
+            "length_generalisation_clip.json": "python benchmarks/length_generalisation.py --engines ddpm-clip "
+            "--json --out benchmarks/results/length_generalisation_clip.json",
+            "length_generalisation_masked.json": "python benchmarks/length_generalisation.py --backgrounds "
+            "empty-masked empty-learned-masked --engines ddpm ddpm-clip annealed-ula --json --out "
+            "benchmarks/results/length_generalisation_masked.json",
+            "length_generalisation_filled.json": "python benchmarks/length_generalisation.py --backgrounds "
+            "empty-masked-filled empty-learned-masked-filled --engines ddpm ddpm-clip annealed-ula --json --out "
+            "benchmarks/results/length_generalisation_filled.json",
+            "length_generalisation_precond_filled.json": "python benchmarks/length_generalisation.py "
+            "--backgrounds empty-precond-masked-filled --engines ddpm ddpm-clip annealed-ula --json --out "
+            "benchmarks/results/length_generalisation_precond_filled.json",
+            "length_generalisation_32.json": "python benchmarks/length_generalisation.py --backgrounds "
+            "empty-masked-filled empty-masked --engines ddpm --images 32 --json --out "
+            "benchmarks/results/length_generalisation_32.json",
+        },
+        _length,
+        sections=lambda d: {
+            **{f"{k}: mean over K": v["mean_over_k"] for k, v in d["results"].items()},
+            **{f"{k}: per K": v["per_k"] for k, v in d["results"].items()},
+            "config": d["config"],
+        },
+    ),
+    Page(
+        "annealed_overhead",
+        "Framework overhead of the annealed loop",
+        "annealed_overhead.py",
+        "Annealed HMC with energy tests, adaptation and DDPM steps on the analytic ring × bar against a "
+        "hand-written torch loop doing the same math, one torch thread.",
+        {
+            "annealed_overhead.json": "python benchmarks/annealed_overhead.py --json --out "
+            "benchmarks/results/annealed_overhead.json"
+        },
+        _overhead,
+    ),
+]
+
+PAGES += [
+    Page(
+        "diffusers_composition",
+        "Composing a pretrained diffusers model",
+        "diffusers_composition.py",
+        "The zoo's diffusers-format `shapes-unet` (a `diffusers.UNet2DModel` trained with diffusers' own "
+        "scheduler, each image labelled by its shape or its colour, never both) composed for joint requests "
+        "(Composable Diffusion's AND / NOT), scored by a classifier.  Walkthrough: tutorial 7.",
+        {
+            "diffusers_composition.json": "python benchmarks/diffusers_composition.py --json --out "
+            "benchmarks/results/diffusers_composition.json"
+        },
+    ),
+    Page(
+        "diffusers_latent_scenes",
+        "Scenes on a latent, prompt-conditioned diffusers pipeline",
+        "diffusers_latent_scenes.py",
+        "The per-step optimisation tasks (panorama, background + object, whole + part) as scenes on a latent "
+        "pipeline.  The committed run uses a tiny pipeline with random weights, so its numbers are costs "
+        "only, not image quality.",
+        {
+            "diffusers_latent_scenes.json": "python benchmarks/diffusers_latent_scenes.py --json --out "
+            "benchmarks/results/diffusers_latent_scenes.json"
+        },
+    ),
+    Page(
+        "diffusers_memory",
+        "Memory and time of the diffusers adapter",
+        "diffusers_memory.py",
+        "Peak memory and time per score evaluation of a diffusers model through the adapter, by batch size, "
+        "and of a composition of several terms.",
+        {
+            "diffusers_memory.json": "python benchmarks/diffusers_memory.py --json --out benchmarks/results/diffusers_memory.json"
+        },
+    ),
+]
+
+UNRECORDED = {  # benchmarks with no committed JSON: listed with their command, no numbers
+    "reverse_diffusion.py": (
+        "reverse diffusion's bias against steps, framework and grouping overhead",
+        "python benchmarks/reverse_diffusion.py",
+    ),
+    "zoo_quality.py": ("W2 of the zoo's 2-D models' own samples", "python benchmarks/zoo_quality.py"),
+    "devices.py": (
+        "engine wall time on the CPU and, where there is one, CUDA",
+        "python benchmarks/devices.py --json",
+    ),
+}
+
+
+def _recorded_command(d: dict[str, Any]) -> str | None:
+    cmd = d.get("command") or (d.get("config") or {}).get("command")
+    if not isinstance(cmd, str) or "/tmp/" in cmd:
+        return None
+    return cmd if cmd.startswith("python ") else f"python {cmd}"
+
+
+def auto_pages(covered: set[str]) -> list[Page]:
+    """Pages for result files no hand-written page covers: generic tables, and the command the
+    JSON itself records (a result that records none, or a scratch path, fails the build)."""
+    pages, missing = [], []
+    for path in sorted(RESULTS.glob("*.json")):
+        if path.name in covered:
+            continue
+        cmd = _recorded_command(json.loads(path.read_text()))
+        script = (cmd or "").split()[1:2]
+        if cmd is None or not script or not (ROOT / script[0]).is_file():
+            missing.append(path.name)
+            continue
+        pages.append(
+            Page(
+                path.stem,
+                f"`{path.stem}`",
+                Path(script[0]).name,
+                "Tables generated from the JSON.",
+                {path.name: cmd},
+            )
+        )
+    if missing:
+        raise SystemExit(f"gen_benchmark_pages: result files with no page and no recorded command: {missing}")
+    return pages
+
+
+def write_page(page: Page, out: Path) -> None:
+    r = Results(list(page.runs))
+    lines = [f"# {page.title}", "", f"Script: `benchmarks/{page.script}`.  {page.intro}", ""]
+    lines += [
+        "Commands (each writes the result file named before it; `./dev.sh bench NAME ARGS` runs the same "
+        "script):",
+        "",
+    ]
+    for f, cmd in page.runs.items():
+        lines += [f"- `{f}`:", "  ```bash", f"  {cmd}", "  ```"]
+    lines.append("")
+    if page.findings is not None:
+        lines += ["## Findings", "", page.findings(r).strip(), ""]
+    for fig in page.figures:
+        if (RESULTS / fig).is_file():
+            shutil.copy2(RESULTS / fig, out / fig)
+            lines += [f"![{fig}]({fig})", ""]
+    lines += ["## Results", ""]
+    for f in page.runs:
+        if not f.endswith(".json") or f not in r.data:
+            continue
+        d = r.data[f]
+        sections = page.sections(d) if page.sections is not None else d
+        lines += [f"### `{f}`", ""]
+        for k, v in sections.items():
+            lines += render(v, k, 4)
+    text = "\n".join(lines) + "\n"
+    target = out / f"{page.slug}.md"
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for page in PAGES + auto_pages({f for p in PAGES for f in p.runs}):
+        write_page(page, out)
+    lines = [
+        "# Benchmarks without committed results",
+        "",
+        "These scripts print JSON too, but no result file is committed yet, so the docs quote no "
+        "number from them:",
+        "",
+    ]
+    lines += [f"- `benchmarks/{s}`: {what}; `{cmd}`" for s, (what, cmd) in UNRECORDED.items()]
+    text = "\n".join(lines) + "\n"
+    target = out / "zz_unrecorded.md"
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "benchmarks" / "generated")
