@@ -20,7 +20,7 @@ COIND's conditional-independence term (Gaudi et al., Eq. 8 and App. D, Alg. 1),
           \| \epsilon_\theta(x_t, t, c^i) + \epsilon_\theta(x_t, t, c^j)
           - \epsilon_\theta(x_t, t, c^{ij}) - \epsilon_\theta(x_t, t, c^\varnothing) \|^2,
 
-where ``tilde c`` is ``c`` with attribute dropout ``p_drop`` (COIND's ``p_uncond``, Gaudi et al. 2025), ``i != j``
+where ``tilde c`` is ``c`` with attribute dropout ``p_drop`` (``p_uncond`` of Gaudi et al. 2025), ``i != j``
 are two attributes drawn per example, and ``c^i``, ``c^j``, ``c^{ij}`` keep only those
 attributes of the *original* labels (the rest set to the null token).  The ``1 / sigma_t^2``
 turns the eps residual into the score residual (the Fisher divergence of Eq. 7); it is

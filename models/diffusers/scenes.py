@@ -1,4 +1,4 @@
-r"""The three tasks of diffusion-based compositional optimisation as scenes on a latent, prompt-conditioned pipeline.
+r"""The three tasks of diffusion-based compositional optimisation as scenes on a latent pipeline.
 
 Each builder returns a :class:`probcomp.Scene` whose controls are latents of a
 :func:`~probcomp.models.from_diffusers` pipeline (Rombach et al. 2022) and whose observables
@@ -10,7 +10,8 @@ on the controls, Eq. 15 / 29), and :class:`~probcomp.inference.ReverseDiffusion`
 :class:`~probcomp.inference.AnnealedMCMC` sample the composed score.
 
 * :func:`panorama` -- one wide latent ``(C, h, W)``; windows of the U-Net's width at a
-  stride are the observables, one prompt per window (the panorama task, §6.1 of Compositional Generative Inference Using Diffusion-Based Optimization);
+  stride are the observables, one prompt per window (the panorama task,
+  §6.1 of "Compositional Generative Inference Using Diffusion-Based Optimization");
 * :func:`background_object` -- a background latent and an object latent, and their masked
   composite, with three prompts (§6.2);
 * :func:`whole_part` -- a whole latent and a crop of it (resized to the U-Net's size) with
@@ -43,7 +44,8 @@ def _check(factor: DiffusersFactor) -> tuple[int, int, int]:
 def panorama(factor: DiffusersFactor, prompts: Sequence[str], *, stride: int | None = None) -> Scene:
     """A latent ``x`` of width ``w + (k - 1) stride``; window ``i`` (width ``w``) is scored with prompt ``i``.
 
-    Overlapping windows tie the prompts' regions together (the panorama task, §6.1 of Compositional Generative Inference Using Diffusion-Based Optimization).
+    Overlapping windows tie the prompts' regions together (the panorama task, §6.1 of
+    "Compositional Generative Inference Using Diffusion-Based Optimization").
     """
     c, h, w = _check(factor)
     stride = w // 2 if stride is None else int(stride)
