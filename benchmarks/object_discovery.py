@@ -52,7 +52,8 @@ Test images: image ``i`` of a setting is drawn from its own seed (:func:`test_se
 the first ``n`` images are the same whatever ``--images`` is.
 
 Full run (one CPU thread: 20-60 s per image for ``ours`` at the default settings, so 100
-images per setting take hours; ``--workers N`` runs N shards as parallel processes,
+images per setting take hours; ``--workers N`` runs the images as Ray tasks on N workers
+(:mod:`probcomp.batch`: a local Ray instance, or the cluster named by ``RAY_ADDRESS``),
 ``--device cuda`` runs the networks on a GPU, and ``--time-limit`` stops starting new
 images, every setting keeping the same images).  ``--log FILE`` appends every per-image
 record to a JSONL file as it is made and reuses the records already there, so a run that
@@ -72,9 +73,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 import probcomp as pc
-from probcomp import datasets
+from probcomp import batch, datasets
 from probcomp.detection import detect
 from probcomp.inference import ConceptInversion
 
@@ -233,28 +232,29 @@ def _frozen(name: str, device: str) -> Any:
     return model
 
 
+def test_image(name: str, i: int, seed: int) -> tuple[torch.Tensor, dict]:
+    """Test image ``i`` of setting ``name`` (drawn from its own generator) and its labels."""
+    spec = SETTINGS[name]
+    gen = torch.Generator().manual_seed((seed + 1 + list(SETTINGS).index(name)) * 1_000_003 + i)
+    return datasets.blobs(
+        1,
+        gen,
+        num_objects=spec["num_objects"],
+        min_separation=SEPARATION,
+        background=spec["background"],
+    )
+
+
 def test_set(name: str, n: int, seed: int) -> tuple[torch.Tensor, dict, tuple]:
     """The first ``n`` test images of setting ``name``: ``(images, labels, background in [-1, 1])``.
 
     Image ``i`` is drawn from its own generator (seeded by ``seed``, the setting and ``i``),
     so it is the same image whatever ``n`` is: a run of 8 images is the prefix of a run of
     100, and a resumed run (``--log``) continues the same test set."""
-    spec = SETTINGS[name]
-    bg = tuple(2 * v - 1 for v in spec["background"])
+    bg = tuple(2 * v - 1 for v in SETTINGS[name]["background"])
     if n == 0:
         return torch.zeros(0, 3, 32, 32), {"count": torch.zeros(0, dtype=torch.long)}, bg
-    parts = []
-    for i in range(n):
-        gen = torch.Generator().manual_seed((seed + 1 + list(SETTINGS).index(name)) * 1_000_003 + i)
-        parts.append(
-            datasets.blobs(
-                1,
-                gen,
-                num_objects=spec["num_objects"],
-                min_separation=SEPARATION,
-                background=spec["background"],
-            )
-        )
+    parts = [test_image(name, i, seed) for i in range(n)]
     lab = {k: torch.cat([p[1][k] for p in parts]) for k in ("count", "color", "xy")}
     return torch.cat([p[0] for p in parts]), lab, bg
 
@@ -291,16 +291,14 @@ def read_log(path: Path | None, args: argparse.Namespace) -> dict[tuple[str, int
     return done
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Per-image records of this shard (images ``i`` with ``i % shards == shard``), unsummarised.
-
-    With ``args.log`` every record is appended to that JSONL file as soon as it exists, and
-    records already there (same settings) are reused instead of recomputed: a run stopped by
-    its time limit or killed keeps what it did, and the same command resumes it."""
+def image_records(args: argparse.Namespace, cnn_state: dict | None, i: int, keys: list) -> list[list]:
+    """The records ``[setting, i, method, record]`` of image ``i`` for the ``(setting, method)``
+    pairs in ``keys`` (``("count", "count")``: the choice of ``K``); one task of the run."""
     torch.set_num_threads(args.threads)
     dev = args.device
+    methods = {m for _, m in keys}
     model = _frozen(args.model, dev)
-    gc_model = _frozen("blobs-set", dev) if any(m.startswith("generative") for m in args.methods) else None
+    gc_model = _frozen("blobs-set", dev) if any(m.startswith("generative") for m in methods) else None
     common = dict(lr=0.01, prune_every=10, t_range=(0.02, 0.5), draws=args.draws, search_draws=2, device=dev)
     greedy = dict(init="greedy", grid=args.grid, greedy_relax=not args.scan_colours, greedy_sweeps=1)
     engines = {
@@ -316,85 +314,143 @@ def run(args: argparse.Namespace) -> dict:
             init="random", restarts=32, steps=200, **{**common, "prune_every": 50}
         ),
     }
+    cnn = None
+    if cnn_state is not None and "cnn" in methods:
+        cnn = SlotRegressor()
+        cnn.load_state_dict(cnn_state)
+        cnn.eval()
+    out = []
+    for name, m in keys:
+        if name == "count":
+            img, lab = test_image("in-distribution", i, args.seed)
+            k = int(lab["count"][0])
+            counter = ConceptInversion(
+                restarts=1, steps=args.steps, relocate=args.relocate, **greedy, **common
+            )
+            r = counter.choose_k(
+                lambda kk, img=img[0]: concept_scene(img, model, kk), *args.k_range, seed=args.seed + i
+            )
+            pred = torch.stack([r[f"xy{j}"] for j in range(r.k)]).cpu().numpy()
+            err = match(pred, lab["xy"][0, :k].numpy())
+            out.append(["count", i, "count", [i, k, r.k, err.tolist(), r.stats["wall_time_all_k"]]])
+            continue
+        x, lab = test_image(name, i, args.seed)
+        bg = tuple(2 * v - 1 for v in SETTINGS[name]["background"])
+        k = int(lab["count"][0])
+        true = lab["xy"][0, :k].numpy()
+        t0, nfe, losses = time.perf_counter(), None, None
+        if m in ("ours", "ours-single-start"):
+            scene = concept_scene(x[0], model, k)
+            r = engines[m].run(scene, seed=args.seed + i)
+            pred = torch.stack([r[f"xy{j}"] for j in range(k)]).cpu().numpy()
+            nfe = r.stats["nfe_total"]
+        elif m.startswith("generative-classifier"):
+            r = engines[m].run(set_scene(x[0], gc_model, k), seed=args.seed + i)
+            pred, nfe = r["xys"].cpu().numpy(), r.stats["nfe_total"]
+        elif m == "cnn":
+            with torch.no_grad():
+                pred = cnn(x)[0].numpy()
+        else:
+            pred = detect(x, background=bg)[0].xy
+        seconds = time.perf_counter() - t0
+        if m in ("ours", "ours-single-start"):  # the truth's loss, outside the timed part
+            truth = {f"xy{j}": lab["xy"][0, j] for j in range(k)}
+            truth.update({f"color{j}": lab["color"][0, j] for j in range(k)})
+            losses = [r.loss, engines[m].loss(scene, truth, seed=args.seed + i)]
+        err = match(pred, true).tolist()
+        pred = np.asarray(pred).round(5).tolist()
+        out.append([name, i, m, [i, err, seconds, nfe, pred, losses]])
+    return out
+
+
+class ImageTask:
+    """``image_records`` of one ``(image, keys)`` item, as a picklable task for :mod:`probcomp.batch`."""
+
+    def __init__(self, args: argparse.Namespace, cnn_state: dict | None) -> None:
+        self.args, self.cnn_state = args, cnn_state
+
+    def __call__(self, item: tuple[int, list]) -> list[list]:
+        i, keys = item
+        return image_records(self.args, self.cnn_state, i, [tuple(k) for k in keys])
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every image's records, unsummarised.
+
+    Images are the items of a :func:`probcomp.batch.map_items` run: in this process with
+    ``--workers 1``, else as Ray tasks on ``--workers`` workers (a local Ray instance, or the
+    cluster of ``RAY_ADDRESS``; a worker that dies has its image retried elsewhere).  With
+    ``args.log`` every record is appended to that JSONL file as soon as it arrives, and
+    records already there (same settings) are reused instead of recomputed: a run stopped by
+    its time limit or killed keeps what it did, and the same command resumes it."""
+    torch.set_num_threads(args.threads)
     logged = read_log(args.log, args)
     stamp = fingerprint(args)
 
     def record(setting: str, i: int, method: str, rec: list) -> None:
         if args.log is not None:
             line = {"setting": setting, "image": i, "method": method, "record": rec, "config": stamp}
-            with args.log.open("a") as f:  # one short write per line: shards may share the file
+            with args.log.open("a") as f:  # one short write per line, by this process only
                 f.write(json.dumps(line) + "\n")
 
-    records: dict[str, Any] = {"settings": {}}
-    cnn = None
+    records: dict[str, Any] = {"settings": {}, "count": []}
+    cnn_state = None
     if args.settings and "cnn" in args.methods:
-        if args.cnn_weights:  # a worker: the parent trained it
-            cnn = SlotRegressor()
-            cnn.load_state_dict(torch.load(args.cnn_weights, weights_only=True))
-            cnn.eval()
-        else:
-            cnn, records["cnn_training"] = train_cnn(args.cnn_steps, args.seed)
-    shard, shards = args.shard
-    data = {name: test_set(name, args.images, args.seed) for name in args.settings}
+        cnn, records["cnn_training"] = train_cnn(args.cnn_steps, args.seed)
+        cnn_state = {k: v.detach().clone() for k, v in cnn.state_dict().items()}
     for name in args.settings:
         records["settings"][name] = {"per_image": {m: [] for m in args.methods}}
-    count_x, count_lab, _ = test_set("in-distribution", args.count_images, args.seed)
-    counter = ConceptInversion(restarts=1, steps=args.steps, relocate=args.relocate, **greedy, **common)
-    records["count"] = []
-    deadline = time.monotonic() + (args.time_limit if args.time_limit is not None else float("inf"))
-    # images in the outer loop: a run stopped by --time-limit has the same images in every setting
-    for i in range(shard, max(args.images, args.count_images), shards):
-        keys = [(name, i, m) for name in data if i < args.images for m in args.methods]
-        keys += [("count", i, "count")] if i < args.count_images else []
-        if time.monotonic() > deadline and not all(key in logged for key in keys):
-            continue  # past the time limit only finished images are collected
-        for name, (x, lab, bg) in data.items() if i < args.images else ():
-            rec = records["settings"][name]["per_image"]
-            k = int(lab["count"][i])
-            true = lab["xy"][i, :k].numpy()
-            for m in args.methods:
-                if (name, i, m) in logged:
-                    rec[m].append(logged[(name, i, m)])
-                    continue
-                t0, nfe, losses = time.perf_counter(), None, None
-                if m in ("ours", "ours-single-start"):
-                    scene = concept_scene(x[i], model, k)
-                    r = engines[m].run(scene, seed=args.seed + i)
-                    pred = torch.stack([r[f"xy{j}"] for j in range(k)]).cpu().numpy()
-                    nfe = r.stats["nfe_total"]
-                elif m.startswith("generative-classifier"):
-                    r = engines[m].run(set_scene(x[i], gc_model, k), seed=args.seed + i)
-                    pred, nfe = r["xys"].cpu().numpy(), r.stats["nfe_total"]
-                elif m == "cnn":
-                    with torch.no_grad():
-                        pred = cnn(x[i : i + 1])[0].numpy()
-                else:
-                    pred = detect(x[i : i + 1], background=bg)[0].xy
-                seconds = time.perf_counter() - t0
-                if m in ("ours", "ours-single-start"):  # the truth's loss, outside the timed part
-                    truth = {f"xy{j}": lab["xy"][i, j] for j in range(k)}
-                    truth.update({f"color{j}": lab["color"][i, j] for j in range(k)})
-                    losses = [r.loss, engines[m].loss(scene, truth, seed=args.seed + i)]
-                err = match(pred, true).tolist()
-                pred = np.asarray(pred).round(5).tolist()
-                rec[m].append([i, err, seconds, nfe, pred, losses])
-                record(name, i, m, rec[m][-1])
-            if args.verbose:
-                hits = {m: int((np.asarray(v[-1][1]) < HIT_MSE).sum()) for m, v in rec.items()}
+    got: dict[tuple[str, int, str], list] = {}
+    items = []
+    for i in range(max(args.images, args.count_images)):
+        keys = [(name, m) for name in args.settings if i < args.images for m in args.methods]
+        keys += [("count", "count")] if i < args.count_images else []
+        got.update({(n, i, m): logged[(n, i, m)] for n, m in keys if (n, i, m) in logged})
+        missing = [[n, m] for n, m in keys if (n, i, m) not in logged]
+        if missing:
+            items.append((i, missing))
+
+    def collect(_: Any, recs: list[list]) -> None:
+        for name, i, m, rec in recs:
+            record(name, i, m, rec)
+            got[(name, i, m)] = rec
+        if args.verbose and recs:
+            i = recs[0][1]
+            for name in args.settings:
+                hits = {m: int((np.asarray(got[(name, i, m)][1]) < HIT_MSE).sum()) for m in args.methods}
+                k = len(got[(name, i, args.methods[0])][1])
                 print(name, i, k, hits, file=sys.stderr, flush=True)
-        if i < args.count_images:
-            if ("count", i, "count") in logged:
-                records["count"].append(logged[("count", i, "count")])
-                continue
-            k = int(count_lab["count"][i])
-            img = count_x[i]
-            r = counter.choose_k(
-                lambda kk, img=img: concept_scene(img, model, kk), *args.k_range, seed=args.seed + i
-            )
-            pred = torch.stack([r[f"xy{j}"] for j in range(r.k)]).cpu().numpy()
-            err = match(pred, count_lab["xy"][i, :k].numpy())
-            records["count"].append([i, k, r.k, err.tolist(), r.stats["wall_time_all_k"]])
-            record("count", i, "count", records["count"][-1])
+
+    task = ImageTask(args, cnn_state)
+    if args.workers > 1:
+        batch.map_items(
+            task,
+            items,
+            keys=[i for i, _ in items],
+            workers=args.workers,
+            num_gpus=(args.gpus_per_task or 1 / args.workers) if args.device.startswith("cuda") else 0,
+            time_limit=args.time_limit,
+            progress=not args.json,
+            desc="images",
+            on_result=collect,
+        )
+    else:
+        deadline = time.monotonic() + (args.time_limit if args.time_limit is not None else float("inf"))
+        for item in items:  # images in order: a time limit keeps the same images in every setting
+            if time.monotonic() > deadline:
+                break
+            collect(item[0], task(item))
+    # past the time limit only finished images are collected
+    for i in range(max(args.images, args.count_images)):
+        keys = [(name, i, m) for name in args.settings if i < args.images for m in args.methods]
+        keys += [("count", i, "count")] if i < args.count_images else []
+        if not all(key in got for key in keys):
+            continue
+        for name, _, m in keys:
+            if name == "count":
+                records["count"].append(got[("count", i, "count")])
+            else:
+                records["settings"][name]["per_image"][m].append(got[(name, i, m)])
     return records
 
 
@@ -496,28 +552,6 @@ def summarise_log(paths: list[Path]) -> dict:
     return out
 
 
-def run_workers(args: argparse.Namespace) -> list[dict]:
-    """Run ``args.workers`` shards as subprocesses (e.g. several on one GPU) and collect their records."""
-    with tempfile.TemporaryDirectory() as tmp:
-        extra, info = [], None
-        if args.settings and "cnn" in args.methods:  # trained once, here, and shared
-            cnn, info = train_cnn(args.cnn_steps, args.seed)
-            torch.save(cnn.state_dict(), f"{tmp}/cnn.pt")
-            extra = ["--cnn-weights", f"{tmp}/cnn.pt"]
-        procs = []
-        for w in range(args.workers):
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--shard", str(w), str(args.workers)]
-            cmd += ["--workers", "1", "--records", f"{tmp}/{w}.json", *extra]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
-        codes = [p.wait() for p in procs]
-        if any(codes):
-            raise SystemExit(f"object_discovery: worker exit codes {codes}")
-        records = [json.loads(Path(f"{tmp}/{w}.json").read_text()) for w in range(args.workers)]
-        if info is not None:
-            records[0]["cnn_training"] = info
-        return records
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=100)
@@ -548,8 +582,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the CNN is trained on the CPU)")
     ap.add_argument("--time-limit", type=float, help="seconds; stop starting new images after it")
-    ap.add_argument("--workers", type=int, default=1, help="shards run as parallel subprocesses")
-    ap.add_argument("--shard", type=int, nargs=2, default=(0, 1), metavar=("I", "N"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="images run as Ray tasks on this many workers (probcomp.batch; RAY_ADDRESS for a cluster)",
+    )
+    ap.add_argument(
+        "--gpus-per-task",
+        type=float,
+        help="with --device cuda and --workers > 1 (default 1/workers: the workers share one GPU)",
+    )
     ap.add_argument(
         "--summarise-log",
         type=Path,
@@ -561,8 +604,6 @@ def main() -> None:
         type=Path,
         help="JSONL file of per-image records, appended as they finish; records already in it are reused",
     )
-    ap.add_argument("--records", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--cnn-weights", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="2 images, tiny settings (smoke test)")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--json", action="store_true", help="print JSON only")
@@ -574,11 +615,11 @@ def main() -> None:
     if args.summarise_log:
         emit(summarise_log(args.summarise_log), args.out)
         return
-    if args.records:  # a worker: raw records only
-        args.records.write_text(json.dumps(run(args)))
-        return
-    shard_records = run_workers(args) if args.workers > 1 else [run(args)]
-    emit(summarise_records(shard_records, args), args.out)
+    try:
+        records = run(args)
+    except pc.ProbcompError as e:
+        raise SystemExit(f"object_discovery: {e}") from None
+    emit(summarise_records([records], args), args.out)
 
 
 if __name__ == "__main__":

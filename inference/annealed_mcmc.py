@@ -60,10 +60,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from probcomp.compiled import CompiledScene
-from probcomp.errors import FactorError, ScheduleError
+from probcomp.distributed import Communicator, communicator, rank_seed, take_state
+from probcomp.errors import FactorError, SceneError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
-from probcomp.validation import check_count, check_positive
+from probcomp.validation import check_count, check_positive, check_seed
 
 from . import smc
 from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
@@ -125,6 +126,7 @@ class AnnealedMCMC(DiffusionEngine):
 
     name = "annealed-mcmc"
     label = "AnnealedMCMC"
+    distributed_native = True
 
     def __init__(
         self,
@@ -245,23 +247,47 @@ class AnnealedMCMC(DiffusionEngine):
         return self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma**2
 
     def run(
-        self, scene: Scene | CompiledScene, num_samples: int = 1000, *, seed: Any = 0, num_chains: int = 1
+        self,
+        scene: Scene | CompiledScene,
+        num_samples: int = 1000,
+        *,
+        seed: Any = 0,
+        num_chains: int = 1,
+        distributed: Any = False,
     ) -> Result:
-        """Draw ``num_samples`` particles; same ``seed``, same samples."""
+        """Draw ``num_samples`` particles; same ``seed``, same samples.
+
+        With ``distributed`` (``True`` for the default ``torch.distributed`` process group,
+        a ``ProcessGroup``, or a :class:`~probcomp.distributed.Communicator`) each of the
+        ``K`` ranks moves its block of about ``num_samples / K`` particles on the engine's
+        device, while the weights, the effective sample size, resampling (one systematic
+        resampling of the all-gathered log-weights, Kitagawa 1996), the acceptance rate that
+        adapts the step size and the counters are those of the whole population
+        (:mod:`probcomp.distributed`).  Rank 0 returns every particle, the other ranks their
+        block; with ``K = 1`` the result is bit-identical to a plain run.
+        """
+        comm = communicator(distributed)
         compiled = self.prepare(scene, num_samples)
+        if num_samples < comm.world_size:
+            raise SceneError(f"num_samples={num_samples} is fewer than the {comm.world_size} ranks")
         kernel, test = self._kernel(compiled)
         energy = kernel.needs_energy or (bool(self.resample) and compiled.has_energy)
         compiled.reset_counters()
         packer = Packer(compiled.shapes)
         target = FlatTarget(compiled, packer, energy)
-        gen, seed = self.generator(seed)
-        n = num_samples
+        if comm.distributed:  # every rank agrees on rank 0's seed, then draws its own stream
+            seed = comm.seed(check_seed(seed))
+            gen, _ = self.generator(rank_seed(seed, comm.rank))
+        else:
+            gen, seed = self.generator(seed)
+        n_all = num_samples
+        _, n = comm.shard(n_all)
         x = packer.pack(compiled.noise(n, gen, dtype=self.dtype, device=self.device))
         state = kernel.init(x, target, float(self.ts[0]), gen)
         log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
         log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
         acc_level = torch.zeros(self.num_levels, n, dtype=self.dtype)
-        rec = LevelRecords("step_size", "accept", "ess", "nfe", "resampled")
+        rec = LevelRecords("step_size", "accept", "ess", "nfe_per_level", "resampled")
         start = time.perf_counter()
         with torch.no_grad():
             for lv in self.levels(f"annealed {self.kernel}"):
@@ -272,26 +298,35 @@ class AnnealedMCMC(DiffusionEngine):
                     state, info = kernel.step(state, target, t, self._eps(t, log_c, lv.sigma), gen)
                     if info.accept_prob is not None:
                         accs.append(info.accept_prob)
-                        if self.adapt:
-                            log_c += (
-                                self.adapt_rate * (float(info.accept_prob.mean()) - self.target_accept) * 10
-                            )
-                if not (bool(torch.isfinite(state.grad).all()) and bool(torch.isfinite(state.x).all())):
-                    compiled.diagnose(packer.unpack(x_start), t, f"in the MCMC moves at t={t:.4g}")
-                self.guard(compiled, packer.unpack(state.x), lv)
+                        if self.adapt:  # the acceptance of the whole population
+                            accept = float(comm.gather(info.accept_prob, n_all).mean())
+                            log_c += self.adapt_rate * (accept - self.target_accept) * 10
+
+                def check(
+                    state: KernelState = state, x_start: torch.Tensor = x_start, t: float = t, lv: Any = lv
+                ) -> None:
+                    if not (bool(torch.isfinite(state.grad).all()) and bool(torch.isfinite(state.x).all())):
+                        compiled.diagnose(packer.unpack(x_start), t, f"in the MCMC moves at t={t:.4g}")
+                    self.guard(compiled, packer.unpack(state.x), lv)
+
+                comm.together(check, f"at level {i} (t={t:.4g})")
                 rec.add(step_size=self._eps(t, log_c, lv.sigma))
                 mean_acc = torch.stack(accs).mean(0) if accs else torch.full((n,), float("nan"))
                 acc_level[i] = mean_acc.to(acc_level.dtype).cpu()
-                rec.add(accept=float(mean_acc.mean()))
-                # the state at level t, after its MCMC transitions
+                rec.add(accept=float(comm.gather(mean_acc, n_all).mean()) if accs else float(mean_acc.mean()))
+                # the state at level t, after its MCMC transitions (this rank's particles)
                 self.notify(i, t, packer.unpack(state.x), step_size=rec["step_size"][-1])
-                state, ess, resampled = self._next_level(compiled, packer, target, state, log_w, lv, gen)
-                rec.add(ess=ess / n, resampled=float(resampled), nfe=compiled.nfe_total - nfe0)
+                state, ess, resampled = self._next_level(
+                    compiled, packer, target, state, log_w, lv, gen, comm, n_all
+                )
+                rec.add(ess=ess / n_all, resampled=float(resampled), nfe_per_level=compiled.nfe_total - nfe0)
         x = state.x
-        ess_final = smc.ess(log_w) / n
-        if self.resample and self.final_resample and bool((log_w != log_w[0]).any()):
-            x = x[smc.resample(log_w, gen, self.resampling)]
+        log_w_all = comm.gather(log_w, n_all) if self.resample else log_w.new_zeros(n_all)
+        ess_final = smc.ess(log_w_all) / n_all
+        if self.resample and self.final_resample and bool((log_w_all != log_w_all[0]).any()):
+            x = comm.take([x], comm.ancestors(log_w_all, gen, self.resampling))[0]
             log_w.zero_()
+            log_w_all = log_w_all.zero_()
         stats = {
             **self.base_stats(compiled, time.perf_counter() - start, seed),
             "kernel": self.kernel,
@@ -301,17 +336,44 @@ class AnnealedMCMC(DiffusionEngine):
             **({"ess_final": ess_final} if self.resample else {}),
             **rec.tensors(),
         }
+        acc_particles = acc_level.T.contiguous()
+        if comm.distributed:
+            stats.update(self._global_counts(comm, stats))
+            x_all, acc_all = comm.gather(x, n_all), comm.gather(acc_particles, n_all)
+            if comm.rank == 0:
+                x, acc_particles = x_all, acc_all
+            else:  # this rank's block, with the population's stats
+                log_w_all, num_chains = log_w, 1
         stats["accept_mean"] = float(torch.nanmean(stats["accept"])) if test else float("nan")
         return Result(
             packer.unpack(x),
             stats,
             {
-                **({"accept": acc_level.T.contiguous()} if test else {}),
-                **({"log_weight": log_w.cpu()} if self.resample else {}),
+                **({"accept": acc_particles} if test else {}),
+                **({"log_weight": log_w_all.cpu()} if self.resample else {}),
             },
             num_chains=num_chains,
             engine=f"{self.name}/{self.kernel}",
         )
+
+    @staticmethod
+    def _global_counts(comm: Any, stats: dict[str, Any]) -> dict[str, Any]:
+        """Batched calls summed over ranks; NFE (per particle, per level and in total: the same
+        on every rank, so the largest), the slowest rank's wall time and time in collectives."""
+        per_level = stats["nfe_per_level"].tolist()
+        calls = comm.sum([stats["calls"]])[0]
+        top = comm.max([stats["nfe_total"], *per_level, stats["wall_time"], comm.comm_time])
+        nfe = dict(zip(stats["nfe"], comm.max(list(stats["nfe"].values())), strict=True))
+        wall, comm_time = top[-2], top[-1]
+        return {
+            "nfe": {k: int(v) for k, v in nfe.items()},
+            "nfe_total": int(top[0]),
+            "calls": int(calls),
+            "nfe_per_level": torch.tensor(top[1:-2], dtype=torch.float64),
+            "wall_time": wall,
+            "comm_time": comm_time,
+            "world_size": comm.world_size,
+        }
 
     # ------------------------------------------------------------------------------
     def _next_level(
@@ -323,15 +385,23 @@ class AnnealedMCMC(DiffusionEngine):
         log_w: torch.Tensor,
         lv: Any,
         gen: torch.Generator,
+        comm: Communicator,
+        n_all: int,
     ) -> tuple[KernelState, float, bool]:
-        """Move from level ``t`` to ``next_t`` (a DDPM step, or none), update ``log_w`` in place
-        and resample when due: returns the new state, the ESS before resampling, and whether
-        the particles were resampled."""
+        """Move from level ``t`` to ``next_t`` (a DDPM step, or none), update ``log_w`` (this
+        rank's block of the ``n_all`` weights) in place and resample the whole population when
+        due: returns the new state, the ESS before resampling, and whether the particles were
+        resampled."""
         t, s = lv.t, lv.next_t
         step = lv.reverse_step(1.0)
         new = step(state.x, state.grad, gen) if self.reverse_step or s == 0.0 else state.x
-        if not bool(torch.isfinite(new).all()):
-            compiled.diagnose(packer.unpack(state.x), t, f"in the step from level t={t:.4g}")
+
+        def check() -> None:
+            if not bool(torch.isfinite(new).all()):
+                compiled.diagnose(packer.unpack(state.x), t, f"in the step from level t={t:.4g}")
+
+        if new is not state.x:  # (an unmoved state was checked after its MCMC moves)
+            comm.together(check, f"in the step from level t={t:.4g}")
         if s > 0.0:
             g_new, logp_new = target(new, s)
             moved = state.moved(new, g_new, logp_new)
@@ -340,10 +410,11 @@ class AnnealedMCMC(DiffusionEngine):
             state = moved
         else:
             state = state.moved(new, state.grad, state.log_p)
-        ess = smc.ess(log_w)
-        due = self.resample == "always" or ess < self.ess_threshold * log_w.shape[0]
+        log_w_all = comm.gather(log_w, n_all) if self.resample else log_w.new_zeros(n_all)
+        ess = smc.ess(log_w_all)
+        due = self.resample == "always" or ess < self.ess_threshold * n_all
         if self.resample and s > 0.0 and due:
-            state = state.take(smc.resample(log_w, gen, self.resampling))
+            state = take_state(state, comm.ancestors(log_w_all, gen, self.resampling), comm)
             log_w.zero_()
             return state, ess, True
         return state, ess, False

@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -59,7 +59,7 @@ from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
 from .steps import ReverseStep, check_clip
 
 if TYPE_CHECKING:
-    from typing import Unpack
+    from typing_extensions import Unpack  # typing's from Python 3.11
 
 __all__ = ["PerStepEM"]
 
@@ -174,7 +174,7 @@ class PerStepEM(DiffusionEngine):
         x = compiled.noise(n, gen, dtype=self.dtype, device=self.device)
         m = len(observables)
         rec = LevelRecords(
-            "objective_before", "objective_after", "inner_steps", "nfe", "lambda_mean", "lambda_std"
+            "objective_before", "objective_after", "inner_steps", "nfe_per_level", "lambda_mean", "lambda_std"
         )
         objective = torch.zeros(n, dtype=torch.float64)
         lam = torch.ones(n, m, dtype=self.dtype, device=self.device)
@@ -199,7 +199,7 @@ class PerStepEM(DiffusionEngine):
                 inner_steps=float(used),
                 lambda_mean=float(lam.mean()),
                 lambda_std=float(lam.std()) if lam.numel() > 1 else 0.0,
-                nfe=float(compiled.nfe_total - nfe0),
+                nfe_per_level=float(compiled.nfe_total - nfe0),
             )
             self.notify(i, t, x, objective=obj_after, lambdas=lam)
         finite_or_raise(x, "at the end of PerStepEM")
@@ -367,7 +367,7 @@ class PerStepEM(DiffusionEngine):
                 pairs = [(k, g, probe(x[k])) for k, g in zip(names, grads, strict=True) if g is not None]
                 pairs = [(k, g, v) for k, g, v in pairs if g.requires_grad]
                 if pairs:
-                    dot = sum((g * v).sum() for _, g, v in pairs)
+                    dot = cast(torch.Tensor, sum((g * v).sum() for _, g, v in pairs))  # pairs is not empty
                     hv = torch.autograd.grad(dot, [x[k] for k, _, _ in pairs], allow_unused=True)
                     for (k, _, v), h in zip(pairs, hv, strict=True):
                         if h is not None:

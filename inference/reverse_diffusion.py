@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -45,7 +45,7 @@ from .base import DiffusionEngine, DiffusionOptions, register
 from .steps import Packer, check_clip
 
 if TYPE_CHECKING:
-    from typing import Unpack
+    from typing_extensions import Unpack  # typing's from Python 3.11
 
 __all__ = ["TWEEDIE_MAX_DIM", "ReverseDiffusion"]
 
@@ -142,7 +142,8 @@ class ReverseDiffusion(DiffusionEngine):
                     new = self._tweedie(compiled, x, t, g, lv.alpha, lv.sigma, gen)
                 else:
                     new = {k: step(xk, g[k], gen) for k, xk in x.items()}
-                sq = sum(gk.reshape(num_samples, -1).square().sum(1) for gk in g.values())
+                # a tensor: a compiled scene has one control at least (not sum()'s start 0)
+                sq = cast(torch.Tensor, sum(gk.reshape(num_samples, -1).square().sum(1) for gk in g.values()))
                 grad_norm[i] = sq.sqrt().cpu()
                 if not all(bool(torch.isfinite(v).all()) for v in new.values()):
                     compiled.diagnose(x, t, f"in the reverse step at t={t:.4g}")

@@ -44,9 +44,11 @@ __all__ = [
     "ShapeError",
     "Var",
     "__version__",
+    "batch",
     "compose",
     "control",
     "datasets",
+    "distributed",
     "factors",
     "inference",
     "metrics",
@@ -60,8 +62,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # ``pc.models`` and ``pc.inference`` load on first use (they import torch.nn / tqdm).
-    if name in ("models", "inference"):
+    # ``pc.models``, ``pc.inference``, ``pc.distributed`` and ``pc.batch`` load on first use
+    # (torch.nn, tqdm; torch.distributed and ray only when used).
+    if name in ("models", "inference", "distributed", "batch"):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")

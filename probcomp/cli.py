@@ -17,8 +17,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import ProbcompError
 
@@ -60,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--png", help="write a summary plot here")
     r.add_argument("--json", action="store_true", help="print summary statistics as JSON")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--over",
+        metavar="DATA",
+        help="run the scene file's `scene_for(observation)` on every observation of DATA (.pt, .npy, "
+        ".safetensors) as Ray tasks (probcomp.batch); prints one JSON record per observation",
+    )
+    r.add_argument("--log", help="with --over: JSONL record file, appended as items finish; a rerun resumes")
+    r.add_argument("--workers", type=int, help="with --over: tasks at once (default: this machine's cores)")
+    r.add_argument("--address", help="with --over: a Ray cluster (default RAY_ADDRESS or a local instance)")
     b = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (printing its JSON)")
     b.add_argument("name", help="e.g. product2d, panorama, reverse_diffusion")
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script (e.g. --quick --json)")
@@ -132,6 +141,10 @@ def check_output(path: str, option: str, suffixes: Sequence[str]) -> Path:
 def _run(args: argparse.Namespace) -> int:
     from . import query
 
+    if args.over:
+        return _run_over(args)
+    if args.log or args.workers or args.address:
+        raise ProbcompError("--log, --workers and --address go with --over DATA")
     if args.out:
         check_output(args.out, "--out", NETCDF_SUFFIXES)
     if args.png:
@@ -176,6 +189,34 @@ def _run(args: argparse.Namespace) -> int:
     if failed:
         print(f"probcomp: error: the run finished but could not write {'; '.join(failed)}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _run_over(args: argparse.Namespace) -> int:
+    """``probcomp run SCENE.py --over DATA``: one engine run per observation (:mod:`probcomp.batch`)."""
+    from . import batch
+
+    if args.out or args.png:
+        raise ProbcompError("--out and --png are for one run; with --over the records go to --log")
+    if args.workers is not None and args.workers < 1:
+        raise ProbcompError(f"--workers must be >= 1, got {args.workers}")
+    out = batch.run_scene_file(
+        args.scene,
+        args.over,
+        args.engine,
+        samples=args.samples,
+        steps=args.steps,
+        steps_per_level=args.steps_per_level,
+        seed=args.seed,
+        log=args.log,
+        workers=args.workers,
+        address=args.address,
+        progress=not args.no_progress and not args.json,
+    )
+    if args.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"{out['done']} of {out['items']} observations in {out['wall_time_s']} s")
     return 0
 
 

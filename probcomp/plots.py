@@ -235,7 +235,7 @@ _DIAGNOSTICS = (
     "objective_before",
     "objective_after",
     "lambda_mean",
-    "nfe",
+    "nfe_per_level",
 )
 
 
@@ -247,7 +247,7 @@ def _informative(result: Result) -> dict[str, torch.Tensor]:
     out = {}
     for k, v in result.stats.items():
         if (
-            k in ("t", "nfe", "resampled")
+            k in ("t", "nfe_per_level", "resampled")
             or not isinstance(v, torch.Tensor)
             or v.ndim != 1
             or v.shape != t.shape

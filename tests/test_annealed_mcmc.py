@@ -116,9 +116,9 @@ def test_acceptance_is_per_particle_and_diagnostics_are_recorded():
     res = AnnealedMCMC("mala", 4, 8).run(_scene(gm), 400, seed=0, num_chains=4)
     acc = res.particle_stats["accept"]
     assert acc.shape == (400, 8) and float(acc.std(0).max()) > 0.01  # differs between particles
-    for key in ("accept", "step_size", "ess", "nfe"):
+    for key in ("accept", "step_size", "ess", "nfe_per_level"):
         assert res.stats[key].shape == (8,)
-    assert res.stats["nfe_total"] == int(res.stats["nfe"].sum()) + 1
+    assert res.stats["nfe_total"] == int(res.stats["nfe_per_level"].sum()) + 1
     idata = res.to_arviz()
     assert idata.posterior["x"].shape[:2] == (4, 100) and "level" in idata.sample_stats["accept"].dims
 

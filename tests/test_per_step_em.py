@@ -86,7 +86,7 @@ def test_gauss_newton_solves_in_one_step_and_adam_approaches_it():
         st["objective_before"].shape == (40,)
         and (st["objective_after"] <= st["objective_before"] + 1e-6).all()
     )
-    assert int(st["nfe"].sum()) == st["nfe_total"] == 2 * 40
+    assert int(st["nfe_per_level"].sum()) == st["nfe_total"] == 2 * 40
     assert res.particle_stats["objective"].shape == (200,)
 
 

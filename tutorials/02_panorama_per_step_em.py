@@ -75,6 +75,6 @@ assert abs(float(em["x"].std()) - float(real.std())) < abs(float(rd["x"].std()) 
 
 # %%
 print({k: em.stats[k][-3:].numpy().round(5).tolist() for k in ("objective_before", "objective_after")})
-fig = pc.plots.per_level(em, ["objective_before", "objective_after", "nfe"])
+fig = pc.plots.per_level(em, ["objective_before", "objective_after", "nfe_per_level"])
 if not FAST:
     fig.savefig("panorama_levels.png")

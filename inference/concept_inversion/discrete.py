@@ -62,7 +62,8 @@ def enumerate_losses(s: _Search) -> torch.Tensor:
         for g, draw in zip(prob.groups, s.draws, strict=True):
             pred = torch.zeros((*[1] * len(sizes), *draw.eps.shape), dtype=eng.dtype, device=eng.device)
             for o in g.terms:
-                own = sorted(set(o.controls), key=pos.get)
+                # solve() is for scenes without continuous controls, so every control is in pos
+                own = sorted(set(o.controls), key=pos.__getitem__)
                 grids = (
                     torch.cartesian_prod(*[torch.arange(sizes[pos[c]]) for c in own]).reshape(-1, len(own))
                     if own

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -22,7 +22,7 @@ from .placement import greedy, relocate
 from .search import _Search
 
 if TYPE_CHECKING:
-    from typing import Unpack
+    from typing_extensions import Unpack  # typing's from Python 3.11
 
 
 class ConceptInversion(Engine):
@@ -243,7 +243,7 @@ class ConceptInversion(Engine):
             k: self.run(build(k), seed=seed, candidates=candidates(k) if candidates else None)
             for k in range(k_min, k_max + 1)
         }
-        best = min(runs, key=lambda k: runs[k].loss)
+        best = min(runs, key=lambda k: cast(float, runs[k].loss))  # run() always sets the loss
         out = runs[best]
         out.stats["k"], out.stats["k_losses"] = best, {k: r.loss for k, r in runs.items()}
         out.per_k = runs
