@@ -558,6 +558,15 @@ PAGES += [
         },
     ),
     Page(
+        "scaling",
+        "Scale-out: distributed particles and batch inversion",
+        "scaling.py",
+        "Annealed HMC with AIS weights on the analytic ring x bar across 1 and 2 torch.distributed (gloo) "
+        "processes on the CPU (throughput, W2 to exact samples, communication share), and concept "
+        "inversion over a batch of analytic observations on 1 and 2 Ray workers (items per second).",
+        {"scaling.json": "python benchmarks/scaling.py --json --out benchmarks/results/scaling.json"},
+    ),
+    Page(
         "diffusers_memory",
         "Memory and time of the diffusers adapter",
         "diffusers_memory.py",
