@@ -84,7 +84,7 @@ from .kernels.base import Target
 from .steps import Packer, ReverseStep
 
 if TYPE_CHECKING:
-    from typing import Unpack
+    from typing_extensions import Unpack
 
 __all__ = ["KERNELS", "AnnealedMCMC"]
 
@@ -181,14 +181,14 @@ class AnnealedMCMC(DiffusionEngine):
             raise ScheduleError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
         super().__init__(levels, **options)
         self._user_kernel = user
-        self.kernel = user.name if user is not None else kernel
+        self.kernel: str = user.name if user is not None else str(kernel)
         self.k, self.levels_count = int(steps_per_level), int(levels)
         self.final_resample = bool(final_resample)
         self.step_size = _DEFAULT_STEP if step_size is None else step_size
         self.leapfrog_steps, self.damping, self.mass = int(leapfrog_steps), float(damping), float(mass)
         self.metropolis, self.trapezoid_points = metropolis, int(trapezoid_points)
         self.adapt = bool(adapt) and adjusted and not callable(self.step_size)
-        default_accept = user.target_accept if user is not None else _DEFAULT_ACCEPT.get(kernel, 0.0)
+        default_accept = user.target_accept if user is not None else _DEFAULT_ACCEPT.get(str(kernel), 0.0)
         self.target_accept = target_accept if target_accept is not None else default_accept
         self.adapt_rate = float(adapt_rate)
         self.reverse_step, self.resample, self.ess_threshold = (

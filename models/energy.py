@@ -41,11 +41,11 @@ class EnergyModel(nn.Module):
             init_output
             and form == "norm"
             and isinstance(out, nn.Sequential)
-            and isinstance(out[-1], nn.Linear)
+            and isinstance(last := out[-1], nn.Linear)
         ):
             # ||f||^2 has zero gradient in every weight when f == 0: undo a zero-initialised
             # output layer before training (loading passes init_output=False)
-            out[-1].reset_parameters()
+            last.reset_parameters()
 
     def potential(self, y: torch.Tensor, t: torch.Tensor, cond: dict | None = None) -> torch.Tensor:
         """``g(y, t)``, shape ``(N,)``."""

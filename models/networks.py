@@ -21,7 +21,7 @@ The embeddings are summed with the time embedding and added in every block.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -94,7 +94,8 @@ class Conditioning(nn.Module):
             v = cond.get(k)
             if isinstance(v, torch.Tensor) and v.is_floating_point() and v.ndim == 2 and v.shape[1] == n_cls:
                 # relaxed attribute (N, n_classes): probabilities mix the class embeddings
-                out = out + v.to(like.dtype).expand(n, n_cls) @ self.tables[k].weight[:n_cls]
+                table = cast(nn.Embedding, self.tables[k])  # ModuleDict items are typed as Module
+                out = out + v.to(like.dtype).expand(n, n_cls) @ table.weight[:n_cls]
                 continue
             if k in cond:
                 idx = torch.as_tensor(cond[k], device=like.device).long().expand(n)
@@ -131,8 +132,9 @@ def _embed(
 
 def _zero(layer: nn.Module) -> None:
     """Zero-initialise an output layer, so an untrained network predicts ``eps_hat = 0``."""
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
+    # a Linear or Conv2d: its weight and bias are Parameters (Module.__getattr__ says Tensor | Module)
+    nn.init.zeros_(cast(torch.Tensor, layer.weight))
+    nn.init.zeros_(cast(torch.Tensor, layer.bias))
 
 
 class _Block(nn.Module):
@@ -231,6 +233,8 @@ class UNet(nn.Module):
     which touches a few dozen of 3072 pixels, while a map hands the position to the
     convolutions directly.
     """
+
+    _coords: torch.Tensor  # (1, 2, size, size) pixel centres, a buffer (with coords, spatial or point_sets)
 
     def __init__(
         self,

@@ -16,13 +16,16 @@ that converts, and each conversion is tested on an analytic Gaussian.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from probcomp import schedules as sched
 from probcomp.errors import FactorError
 from probcomp.factors import ScoreFactor, as_time, check_event, check_output
+
+if TYPE_CHECKING:
+    from .energy import EnergyModel
 
 __all__ = ["PREDICTIONS", "ModelFactor", "NetworkFactor", "Preconditioned", "to_eps"]
 
@@ -151,8 +154,9 @@ class NetworkFactor(ModelFactor):
             raise FactorError(f"factor {self.name!r} predicts eps and has no energy")
         check_event(y, self.event_shape, f"factor {self.name!r}")
         mt = self.schedule.model_time(as_time(t, y)).reshape(-1).to(dtype=y.dtype, device=y.device)
+        net = cast("EnergyModel", self.net)  # is_energy
         with torch.no_grad():
-            g = self.net.potential(y, mt.expand(y.shape[0]), self.cond)
+            g = net.potential(y, mt.expand(y.shape[0]), self.cond)
         return g / self._scale(self.schedule.sigma, t, y).reshape(-1)
 
     def to(self, device: str | torch.device) -> NetworkFactor:
@@ -219,7 +223,7 @@ class Preconditioned(torch.nn.Module):
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.net.config
+        return cast("dict[str, Any]", self.net.config)  # a probcomp network's (a dict attribute)
 
     def forward(self, y: torch.Tensor, model_time: torch.Tensor, cond: Any = None) -> torch.Tensor:
         t = self.schedule.t_of_model_time(model_time.detach().cpu())

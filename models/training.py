@@ -73,7 +73,7 @@ def _sampler(data: Any) -> Callable[[int, torch.Generator], Batch]:
     if callable(data):
 
         def draw(n: int, g: torch.Generator) -> Batch:
-            out = data(n, g)
+            out: Any = data(n, g)  # the user's sampler: x, or (x, cond)
             return (out[0], dict(out[1])) if isinstance(out, tuple) else (out, {})
 
         return draw
@@ -325,7 +325,7 @@ def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult) -> int:
     return step
 
 
-def _first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (torch's run to many lines)."""
+def _first_line(e: BaseException | str) -> str:
+    """The first non-empty line of an exception's message, or of a message (torch's run to many lines)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     return lines[0] if lines else ""

@@ -224,8 +224,8 @@ RECIPES: dict[str, Recipe] = {
 def _data(recipe: Recipe) -> tuple[Any, Any]:
     """(training sampler, exact reference sampler) for a recipe."""
     if recipe.data not in _2D:
-        draw = zoo_data.draw_fn(recipe.data)
-        return draw, lambda n, g: draw(n, g)[0]
+        image_draw = zoo_data.draw_fn(recipe.data)
+        return image_draw, lambda n, g: image_draw(n, g)[0]
     if recipe.data == "coind-toy":
 
         def draw(n: int, g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -239,7 +239,7 @@ def _data(recipe: Recipe) -> tuple[Any, Any]:
 
 def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
     torch.manual_seed(recipe.seed)
-    cond = {"attributes": recipe.attributes or None, "continuous": recipe.continuous or None}
+    attributes, continuous = recipe.attributes or None, recipe.continuous or None
     shape = recipe.event_shape
     if recipe.network == "unet":
         net: torch.nn.Module = UNet(
@@ -250,10 +250,11 @@ def _build(recipe: Recipe, schedule: sched.Schedule) -> torch.nn.Module:
             coords=recipe.coords,
             spatial=recipe.spatial,
             point_sets=recipe.point_sets,
-            **cond,
+            attributes=attributes,
+            continuous=continuous,
         )
     else:
-        net = ResMLP(shape[0], recipe.hidden, recipe.blocks, **cond)
+        net = ResMLP(shape[0], recipe.hidden, recipe.blocks, attributes=attributes, continuous=continuous)
     if recipe.parameterisation.startswith("energy-"):
         return EnergyModel(net, recipe.parameterisation[len("energy-") :])
     if recipe.parameterisation == "eps-precond":
@@ -283,7 +284,7 @@ def evaluate(
         return zoo_data.evaluate(factor, factor.meta["data"], n=n or 256, seed=seed, device=device)
     n = n or 2000
     recipe = RECIPES.get(factor.meta.get("recipe_name", ""))
-    ref_sampler = _data(recipe)[1] if recipe else datasets.get(factor.meta.get("data")).sample
+    ref_sampler = _data(recipe)[1] if recipe else datasets.get(factor.meta["data"]).sample  # one of _2D
     g = torch.Generator().manual_seed(seed + 1)
     ref, ref2 = ref_sampler(n, g), ref_sampler(n, g)
     scene = Scene()

@@ -153,7 +153,8 @@ def _check_pickle(ray: Any, what: str, obj: Any) -> None:
 def _failure(ray: Any, key: Any, e: BaseException, retries: int) -> BatchError:
     """One line for an item that failed on a worker."""
     if isinstance(e, ray.exceptions.RayTaskError):
-        cause = e.cause if getattr(e, "cause", None) is not None else e
+        inner = getattr(e, "cause", None)
+        cause = inner if inner is not None else e
         text = str(cause).strip().splitlines()
         text = (
             text[-1] if isinstance(cause, ray.exceptions.RayTaskError) and text else (text[0] if text else "")

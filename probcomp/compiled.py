@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast, overload
 
 import torch
 
@@ -186,6 +186,7 @@ class CompiledScene(EvaluationCounter):
             if n is not None and v.shape[0] != n:
                 raise ShapeError(f"control {k!r} has {v.shape[0]} particles, others have {n}")
             n = v.shape[0]
+        assert n is not None  # validate() guarantees a control, and x has exactly the controls
         return int(n)
 
     # The target ---------------------------------------------------------------------
@@ -244,11 +245,17 @@ class CompiledScene(EvaluationCounter):
                 ws = sk if term.weight == 1.0 else term.weight * sk
                 if term.fn.is_identity:
                     p = term.parents[0]
-                    grads[p] = ws if grads[p] is None else grads[p] + ws
+                    gp = grads[p]
+                    grads[p] = ws if gp is None else gp + ws
                 else:
                     outs.append(yk)
                     cots.append(ws)
                 if log_p is not None:
+                    if e is None:  # a user factor whose score_and_energy returned no energy
+                        raise FactorError(
+                            f"factor {factor.name!r} (observable {self._names(group)}) returned no energy "
+                            f"at noise level t={self._level(t):.4g}"
+                        )
                     ek = e[k * n : (k + 1) * n] if len(group) > 1 else e
                     log_p -= term.weight * ek
         if outs:
@@ -256,7 +263,8 @@ class CompiledScene(EvaluationCounter):
             pulled = torch.autograd.grad(outs, [xg[k] for k in names], grad_outputs=cots, allow_unused=True)
             for k, g in zip(names, pulled, strict=True):
                 if g is not None:
-                    grads[k] = g if grads[k] is None else grads[k] + g
+                    gk = grads[k]
+                    grads[k] = g if gk is None else gk + g
         out = {k: torch.zeros_like(x[k]) if g is None else g for k, g in grads.items()}
         return Target(out, log_p)
 
@@ -296,6 +304,16 @@ class CompiledScene(EvaluationCounter):
                 o = term.observable
                 scores[o] = part if o not in scores else scores[o] + part
         return scores
+
+    @overload
+    def energy(
+        self, x: dict[str, torch.Tensor], t: Any, *, kinds: tuple[str, ...] = ..., initial: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    @overload
+    def energy(
+        self, x: dict[str, torch.Tensor], t: Any, *, kinds: tuple[str, ...] = ..., initial: float = ...
+    ) -> torch.Tensor | float: ...
 
     def energy(
         self,
@@ -391,7 +409,8 @@ class CompiledScene(EvaluationCounter):
             f.score_and_energy(v, t1) if energy else (f.score(v, t1), None)
             for f, v in zip(factors, ys, strict=True)
         ]
-        es = [e for _, e in outs]
+        # with energy, every entry is score_and_energy's (score, energy) pair
+        es = cast("list[torch.Tensor]", [e for _, e in outs])
         return torch.cat([s for s, _ in outs]), (torch.cat(es) if energy else None)
 
     @staticmethod

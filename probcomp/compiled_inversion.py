@@ -238,6 +238,8 @@ class CompiledInversion(EvaluationCounter):
         for pred, draw in zip(preds, draws, strict=True):
             err = (draw[1][None] - pred).square().flatten(2).mean(2).mean(1)
             total = err if total is None else total + err
+        if total is None:  # draws() gives one per group, and __init__ rejects a scene without any
+            raise SceneError("error() needs the predictions and draws of one group at least; got none")
         if not bool(torch.isfinite(total).all()):
             raise NumericalError("the denoising loss is not finite (a factor returned NaN or inf)")
         return total

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -290,7 +291,11 @@ def _smooth_noise(
     noise = torch.randn(shape, generator=generator)
     dims = len(shape) - 1
     freq = [torch.fft.fftfreq(s) for s in shape[1:]]
-    k2 = sum(f.reshape([-1 if i == j else 1 for j in range(dims)]) ** 2 for i, f in enumerate(freq))
+    # a tensor: both callers give one axis after the batch axis at least (not sum()'s start 0)
+    k2 = cast(
+        torch.Tensor,
+        sum(f.reshape([-1 if i == j else 1 for j in range(dims)]) ** 2 for i, f in enumerate(freq)),
+    )
     spec = torch.fft.fftn(noise, dim=tuple(range(1, dims + 1))) * torch.exp(
         -2 * (math.pi * length_scale) ** 2 * k2
     )

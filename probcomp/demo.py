@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
-from . import datasets, factors, metrics
-from .scene import Scene
+# absolute, as the engines and models (imported below) import them: in the type checker's copy of the
+# package (tools/typecheck_tree.py) probcomp.scene and .scene are two files, at run time one module
+from probcomp import datasets, factors, metrics
+from probcomp.scene import Scene
 
 
 def ring_and_bar() -> tuple[factors.GaussianMixture, factors.Gaussian]:

@@ -21,7 +21,7 @@ numbers are read (touching blobs merge, faint edges are cut off).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,7 +76,11 @@ def detect(
     r = window // 2
     out = []
     for i in range(n):
-        labels, k = ndimage.label(peaks[i], structure=np.ones((3, 3), dtype=bool))
+        # without output=, label returns (labels, count); scipy is unannotated and the checker infers
+        # the other branches' bare counts too
+        labels, k = cast(
+            "tuple[np.ndarray, int]", ndimage.label(peaks[i], structure=np.ones((3, 3), dtype=bool))
+        )
         centres, colours, sizes = [], [], []
         for py, px in ndimage.center_of_mass(peaks[i], labels, range(1, k + 1)):
             py, px = round(py), round(px)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -167,8 +167,8 @@ def _grid_density(log_prob: Callable[[torch.Tensor], torch.Tensor], bins: int, r
 
 
 def _as_hist(q: Any, bins: int, range: Any, smoothing: float) -> torch.Tensor:
-    if callable(q):
-        p = _grid_density(q, bins, range)
+    if callable(q):  # a log-density, documented to return a tensor
+        p = _grid_density(cast("Callable[[torch.Tensor], torch.Tensor]", q), bins, range)
         return (p + smoothing / p.numel()) / (1 + smoothing)
     return histogram2d(q, bins, range, smoothing)
 

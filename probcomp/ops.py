@@ -10,7 +10,7 @@ Axis arguments count *event* axes: ``axis=0`` is the first axis of one sample,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -178,4 +178,4 @@ def as_op(fn: Any) -> Op:
         return fn
     if not callable(fn):
         raise ShapeError(f"observation function must be callable, got {type(fn).__name__}")
-    return Fn(fn)
+    return Fn(cast("Callable[..., torch.Tensor]", fn))  # a user function, documented to return a tensor

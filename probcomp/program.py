@@ -29,7 +29,7 @@ vectorised plate per observable is supported).  Subsampling is refused.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import pyro
 import pyro.distributions as dist
@@ -43,6 +43,9 @@ from .factors import ScoreFactor, explicit
 from .scene import Scene
 from .validation import check_count, check_shape
 
+if TYPE_CHECKING:
+    from pyro.poutine.runtime import InferDict
+
 __all__ = ["control", "observe", "scene_from_pyro"]
 
 _KEY = "probcomp"
@@ -52,7 +55,9 @@ class _Site(dist.TorchDistribution):
     """A placeholder distribution of a given event shape (probcomp sites are never sampled by Pyro)."""
 
     arg_constraints: ClassVar[dict] = {}
-    support = constraints.real
+    # torch declares Distribution.support a property; distributions override it with a class
+    # attribute, as torch's own do (Normal.support = constraints.real)
+    support = constraints.real  # pyright: ignore[reportAssignmentType]
 
     def __init__(self, event_shape: tuple[int, ...]) -> None:
         super().__init__(torch.Size(), torch.Size(event_shape), validate_args=False)
@@ -68,7 +73,8 @@ def control(name: str, shape: Any = (), prior: Any = None) -> torch.Tensor:
     """A control variable of ``shape`` (a latent site); ``prior`` as in :meth:`Scene.control`."""
     shape = tuple(check_shape(shape, f"control {name!r}"))
     info = {"kind": "control", "shape": shape, "prior": prior}
-    return pyro.sample(name, _Site(shape), infer={_KEY: info})
+    # pyro types infer as a TypedDict of its own keys; it carries any (handlers read probcomp's)
+    return pyro.sample(name, _Site(shape), infer=cast("InferDict", {_KEY: info}))
 
 
 def observe(
@@ -82,7 +88,7 @@ def observe(
             f"particle axis (N, ...), got {got}"
         )
     info = {"kind": "observe", "factor": factor, "psi": psi, "weight": weight}
-    return pyro.sample(name, _Site(tuple(value.shape[1:])), obs=value, infer={_KEY: info})
+    return pyro.sample(name, _Site(tuple(value.shape[1:])), obs=value, infer=cast("InferDict", {_KEY: info}))
 
 
 class _Run(Messenger):

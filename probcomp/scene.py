@@ -113,7 +113,7 @@ class Scene:
                     f"control {name!r}: prior must be a pyro distribution, got {type(prior).__name__}"
                 )
             discrete = bool(getattr(getattr(prior, "support", None), "is_discrete", False))
-        if discrete:
+        if discrete and prior is not None:  # (discrete implies a prior)
             if len(shape) != 0 or not prior.has_enumerate_support:
                 raise ShapeError(
                     f"control {name!r}: a discrete control is one label (shape=()) with an enumerable "

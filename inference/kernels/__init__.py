@@ -50,6 +50,13 @@ def make_test(name: str, trapezoid_points: int = 3) -> MetropolisTest:
     raise ScheduleError(f"metropolis must be one of {TESTS}, got {name!r}")
 
 
+def _adjusted_test(name: str, metropolis: MetropolisTest | None) -> MetropolisTest:
+    """The test an adjusted kernel ``name`` is built with (a :class:`ScheduleError` if none is given)."""
+    if metropolis is None:
+        raise ScheduleError(f"kernel {name!r} is Metropolis-adjusted: it needs a test (make_test), got None")
+    return metropolis
+
+
 def make_kernel(
     name: str,
     metropolis: MetropolisTest | None = None,
@@ -62,9 +69,9 @@ def make_kernel(
     if name == "ula":
         return ULA()
     if name == "mala":
-        return MALA(metropolis)
+        return MALA(_adjusted_test(name, metropolis))
     if name == "uhmc":
         return UHMC(leapfrog_steps, damping, mass)
     if name == "hmc":
-        return HMC(metropolis, leapfrog_steps, damping, mass)
+        return HMC(_adjusted_test(name, metropolis), leapfrog_steps, damping, mass)
     raise ScheduleError(f"kernel must be one of {KERNELS} or a Kernel, got {name!r}")

@@ -71,6 +71,7 @@ class HMC(UHMC):
 
     name = "hmc"
     target_accept = 0.65
+    metropolis: MetropolisTest  # an adjusted kernel always has a test (set in __init__)
 
     def __init__(
         self, metropolis: MetropolisTest, leapfrog_steps: int = 3, damping: float = 0.5, mass: float = 1.0

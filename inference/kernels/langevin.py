@@ -47,6 +47,7 @@ class MALA(ULA):
 
     name = "mala"
     target_accept = 0.57
+    metropolis: MetropolisTest  # an adjusted kernel always has a test (set in __init__)
 
     def __init__(self, metropolis: MetropolisTest) -> None:
         Kernel.__init__(self, metropolis=metropolis)

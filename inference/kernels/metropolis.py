@@ -19,7 +19,7 @@ from itertools import pairwise
 
 import torch
 
-from probcomp.errors import ScheduleError
+from probcomp.errors import FactorError, ScheduleError
 
 from ..smc import line_integral
 from .base import KernelState, MetropolisTest, Target
@@ -34,6 +34,8 @@ class EnergyTest(MetropolisTest):
     needs_energy = True
 
     def log_ratio(self, target, t, current, proposal, path=None):
+        if proposal.log_p is None or current.log_p is None:  # a target built with energy=False
+            raise FactorError("the energy test needs log-densities, but the target returned none")
         return (proposal.log_p - current.log_p).to(current.x.dtype)
 
 

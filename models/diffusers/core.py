@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.utils.checkpoint
@@ -106,9 +106,10 @@ class _Core:
             raise FactorError(
                 f"factor {name!r}: the scheduler's alphas_cumprod is not a VP schedule: {e}"
             ) from None
-        cfg = unet.config
+        # a diffusers model's config (for an nn.Module attribute the checker would say Tensor | Module)
+        cfg: Any = unet.config
         self.text = getattr(cfg, "cross_attention_dim", None) is not None
-        self.num_classes = getattr(cfg, "num_class_embeds", None)
+        self.num_classes: int | None = getattr(cfg, "num_class_embeds", None)
         if null_class is None:
             null_class = self.meta.get("null_class")
         self.classes: dict[str, int] = {str(k): int(v) for k, v in (self.meta.get("classes") or {}).items()}
@@ -232,7 +233,11 @@ class _Core:
                     "with .condition(class_labels=k) (or pass null_class= to from_diffusers)"
                 )
             kw["class_labels"] = torch.cat(
-                [torch.full((n,), int(c.class_label), dtype=torch.long, device=self.device) for c in conds]
+                [
+                    # every condition has a label: checked just above
+                    torch.full((n,), int(cast(int, c.class_label)), dtype=torch.long, device=self.device)
+                    for c in conds
+                ]
             )
         return kw
 
@@ -303,12 +308,14 @@ class _Core:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         vae = self.require_vae()
+        scale = self.scaling_factor
+        assert scale is not None  # __init__ sets it with the VAE
         n = z.shape[0]
         step = n if self.max_batch is None else int(self.max_batch)
         grad = torch.is_grad_enabled() and z.requires_grad
         outs = []
         for lo in range(0, n, step):
-            zc = z[lo : lo + step].to(device=self.device, dtype=self.dtype) / self.scaling_factor
+            zc = z[lo : lo + step].to(device=self.device, dtype=self.dtype) / scale
 
             def f(zc: torch.Tensor) -> torch.Tensor:
                 with self._autocast():

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, cast
 
 import torch
 
@@ -88,7 +88,9 @@ class DiffusersFactor(ModelFactor):
     """
 
     def __init__(self, core: _Core, cond: Condition, *, name: str) -> None:
-        super().__init__(core.run, core.event_shape, core.schedule, core.prediction, name=name)
+        # ModelFactor's model(y, model_time) is never called: _predict (below) goes through the core
+        model = cast("Callable[[torch.Tensor, torch.Tensor], torch.Tensor]", core.run)
+        super().__init__(model, core.event_shape, core.schedule, core.prediction, name=name)
         self.core, self.cond = core, cond
 
     # Components ---------------------------------------------------------------------------
@@ -133,7 +135,9 @@ class DiffusersFactor(ModelFactor):
                 f"factor {self.name!r}: class_labels must be integers, one per particle ({y.shape[0]},), "
                 f"got {labels.dtype} {tuple(labels.shape)}"
             )
-        bad = labels[(labels < 0) | (labels >= self.core.num_classes)]
+        num_classes = self.core.num_classes
+        assert num_classes is not None  # class_labels is a condition name only then (checked above)
+        bad = labels[(labels < 0) | (labels >= num_classes)]
         if bad.numel():
             self.core.check_label(int(bad[0]))
         tt = as_time(t, y)
@@ -195,8 +199,8 @@ class DiffusersFactor(ModelFactor):
     def configure(
         self,
         *,
-        max_batch: int | str | None = "keep",
-        autocast: torch.dtype | str | None = "keep",
+        max_batch: int | Literal["keep"] | None = "keep",
+        autocast: torch.dtype | Literal["keep"] | None = "keep",
         checkpointing: bool | None = None,
     ) -> DiffusersFactor:
         """Set micro-batching, autocast and activation checkpointing (shared by all copies); returns self."""

@@ -28,6 +28,10 @@ __all__ = [
 
 VOCAB_CHARS = "abcdefghijklmnopqrstuvwxyz"
 
+# The diffusers imports below carry "pyright: ignore[reportPrivateImportUsage]": the classes are
+# diffusers' public top-level API (its lazy _import_structure), but its py.typed __init__ imports
+# them for type checkers without re-exporting them (no "as" alias, no __all__).
+
 
 def randomise(module: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
     """Add ``scale * N(0, 1)`` noise (seeded) to every parameter; returns ``module``."""
@@ -42,7 +46,7 @@ def tiny_unet(
     sample_size: int = 8, channels: int = 3, *, num_classes: int | None = None, seed: int = 0
 ) -> Any:
     """A two-level ``UNet2DModel`` (about 40k parameters), class-conditional with ``num_classes``."""
-    from diffusers import UNet2DModel
+    from diffusers import UNet2DModel  # pyright: ignore[reportPrivateImportUsage]
 
     torch.manual_seed(seed)
     net = UNet2DModel(
@@ -63,7 +67,7 @@ def tiny_cond_unet(
     sample_size: int = 8, channels: int = 4, *, cross_attention_dim: int = 16, seed: int = 0
 ) -> Any:
     """A two-level text-conditional ``UNet2DConditionModel`` with cross-attention."""
-    from diffusers import UNet2DConditionModel
+    from diffusers import UNet2DConditionModel  # pyright: ignore[reportPrivateImportUsage]
 
     torch.manual_seed(seed)
     net = UNet2DConditionModel(
@@ -121,16 +125,17 @@ def tiny_text_encoder(hidden_size: int = 16, max_length: int = 8, *, seed: int =
 
 def tiny_vae(latent_channels: int = 4, *, scaling_factor: float = 0.5, seed: int = 0) -> Any:
     """A two-level ``AutoencoderKL``: 3-channel images to latents at half the resolution."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # pyright: ignore[reportPrivateImportUsage]
 
     torch.manual_seed(seed)
+    # diffusers annotates these Tuple[int] / Tuple[str] (one element) for tuples of any length
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=latent_channels,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),  # pyright: ignore[reportArgumentType]
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),  # pyright: ignore[reportArgumentType]
         layers_per_block=1,
         norm_num_groups=4,
         sample_size=16,
@@ -141,7 +146,7 @@ def tiny_vae(latent_channels: int = 4, *, scaling_factor: float = 0.5, seed: int
 
 def tiny_scheduler(prediction_type: str = "epsilon", kind: str = "ddpm", **kw: Any) -> Any:
     """A diffusers DDPM or DDIM scheduler with the default linear betas (1000 steps)."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler  # pyright: ignore[reportPrivateImportUsage]
 
     cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
     return cls(prediction_type=prediction_type, **kw)

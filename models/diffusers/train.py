@@ -39,7 +39,8 @@ NULL_CLASS = 6
 
 def build(size: int = 16) -> tuple[Any, Any]:
     """The untrained U-Net and the scheduler of ``shapes-unet``."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    # public at diffusers' top level (lazily), but its py.typed __init__ does not re-export them for checkers
+    from diffusers import DDPMScheduler, UNet2DModel  # pyright: ignore[reportPrivateImportUsage]
 
     unet = UNet2DModel(
         sample_size=size,
@@ -128,6 +129,7 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
+    assert __doc__ is not None  # the module's docstring (python -OO strips both)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "zoo" / "shapes-unet"))
     ap.add_argument("--steps", type=int, default=4000)

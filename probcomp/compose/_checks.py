@@ -12,6 +12,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -24,6 +25,9 @@ PATH_LEVELS = tuple(i / 16 for i in range(16))
 #: the most combined-precision entries (levels x choices x d x d) the check builds at once
 _BUDGET = 2**22
 _PACKAGE = str(Path(__file__).resolve().parent.parent)
+
+#: an analytic factor's distinct components: eigenvalues ``(K, d)``, eigenvectors or ``None``, first indices
+_Components = tuple[torch.Tensor, torch.Tensor | None, list[int]]
 
 
 def check_same_event(factors: Sequence[ScoreFactor], op: str) -> torch.Size:
@@ -43,7 +47,7 @@ def check_same_event(factors: Sequence[ScoreFactor], op: str) -> torch.Size:
     return shape
 
 
-def _components(f: ScoreFactor) -> tuple[torch.Tensor, torch.Tensor | None, list[int]] | None:
+def _components(f: ScoreFactor) -> _Components | None:
     """The distinct covariances of an analytic factor as eigendecompositions ``(lam (K, d), U or None)``
     with each one's first component index; ``None`` if the factor's density is not known in closed form."""
     if isinstance(f, GaussianMixture):
@@ -70,9 +74,7 @@ def _precisions(lam: torch.Tensor, u: torch.Tensor | None, abar: float, dense: b
     return u @ torch.diag_embed(p) @ u.transpose(-1, -2)
 
 
-def _screen(
-    comps: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]], weights: list[float], abars: list[float]
-) -> list[bool]:
+def _screen(comps: list[_Components], weights: list[float], abars: list[float]) -> list[bool]:
     """Per level ``abar``: whether every choice of components has a positive definite combined
     precision (all levels at once; :func:`_level_failure` looks closer at the levels that fail)."""
     dense = any(u is not None for _, u, _ in comps)
@@ -84,7 +86,10 @@ def _screen(
             p = torch.diag_embed(p) if u is None else u @ torch.diag_embed(p) @ u.transpose(-1, -2)
         prec.append(p)
     choices = torch.tensor(list(itertools.product(*[range(p.shape[1]) for p in prec])), dtype=torch.long)
-    total = sum(w * p[:, choices[:, i]] for i, (w, p) in enumerate(zip(weights, prec, strict=True)))
+    # a sum of one tensor per factor (there is one at least), so a tensor, not sum()'s start 0
+    total = cast(
+        torch.Tensor, sum(w * p[:, choices[:, i]] for i, (w, p) in enumerate(zip(weights, prec, strict=True)))
+    )
     low = torch.linalg.eigvalsh(total).amin(-1) if dense else total.amin(-1)  # (L, n)
     scale = torch.stack([abs(w) * p.flatten(1).abs().amax(1) for w, p in zip(weights, prec, strict=True)])
     return (low > 1e-9 * scale.amax(0)[:, None]).all(1).tolist()
@@ -95,9 +100,9 @@ def _stacklevel() -> int:
     included: in a checkout they are top-level folders)."""
     dirs = [_PACKAGE]
     for name in ("probcomp.models", "probcomp.inference"):
-        mod = sys.modules.get(name)
-        if mod is not None and getattr(mod, "__file__", None):
-            dirs.append(str(Path(mod.__file__).resolve().parent))
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            dirs.append(str(Path(file).resolve().parent))
     prefixes = tuple(d.rstrip("/") + "/" for d in dirs)
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(prefixes):
@@ -110,7 +115,7 @@ def _warn(message: str) -> None:
 
 
 def _level_failure(
-    comps: list[tuple[torch.Tensor, torch.Tensor | None, list[int]]],
+    comps: list[_Components],
     weights: list[float],
     abar: float,
 ) -> tuple[float, tuple[int, ...], bool, float] | None:
@@ -127,7 +132,10 @@ def _level_failure(
     scale = max(abs(w) * float(p.abs().max()) for w, p in zip(weights, prec, strict=True))
     tol = 1e-9 * scale
     choices = torch.tensor(list(itertools.product(*[range(p.shape[0]) for p in prec])), dtype=torch.long)
-    total = sum(w * p[choices[:, i]] for i, (w, p) in enumerate(zip(weights, prec, strict=True)))
+    # a sum of one tensor per factor (there is one at least), so a tensor, not sum()'s start 0
+    total = cast(
+        torch.Tensor, sum(w * p[choices[:, i]] for i, (w, p) in enumerate(zip(weights, prec, strict=True)))
+    )
     if dense:
         evals, evecs = torch.linalg.eigh(total)
         low, at = evals.amin(-1), evals.argmin(-1)
@@ -145,7 +153,8 @@ def _level_failure(
         keys, group = torch.zeros(1, 0, dtype=torch.long), torch.zeros(len(choices), dtype=torch.long)
     covered = torch.zeros(len(keys), dtype=torch.bool).index_put_((group,), low > tol, accumulate=True)
     if not bool(covered.all()):
-        averaged = sum(w * p.mean(0) for w, p in zip(weights, prec, strict=True) if w < 0)
+        # a tensor: check_normalisable only gets here with a negative weight
+        averaged = cast(torch.Tensor, sum(w * p.mean(0) for w, p in zip(weights, prec, strict=True) if w < 0))
         for j in (~covered).nonzero().flatten().tolist():
             a = averaged + sum(weights[i] * prec[i][keys[j, m]] for m, i in enumerate(positive))
             least = torch.linalg.eigvalsh(a).min() if dense else a.min()
@@ -205,9 +214,10 @@ def check_normalisable(leaves: Sequence[tuple[ScoreFactor, float]], who: str) ->
     named = ", ".join(f"{f.name!r}: {w:g}" for f, w in leaves)
     comps = [_components(f) for f, _ in leaves]
     opaque = [f.name for (f, _), c in zip(leaves, comps, strict=True) if c is None]
+    analytic = [c for c in comps if c is not None]  # all of comps unless some factor is opaque
     d = leaves[0][0].event_shape.numel()
-    n = 0 if opaque else math.prod(c[0].shape[0] for c in comps)
-    dense = any(c is not None and c[1] is not None for c in comps)
+    n = 0 if opaque else math.prod(c[0].shape[0] for c in analytic)
+    dense = any(c[1] is not None for c in analytic)
     size = (1 + len(PATH_LEVELS)) * n * d * (d if dense else 1)
     if opaque or size > _BUDGET or (dense and d > 256):
         if total <= 1e-12 * max(abs(w) for _, w in leaves):
@@ -224,8 +234,8 @@ def check_normalisable(leaves: Sequence[tuple[ScoreFactor, float]], who: str) ->
             )
         return
     weights = [w for _, w in leaves]
-    screened = _screen(comps, weights, [1.0, *PATH_LEVELS])
-    clean = None if screened[0] else _level_failure(comps, weights, 1.0)
+    screened = _screen(analytic, weights, [1.0, *PATH_LEVELS])
+    clean = None if screened[0] else _level_failure(analytic, weights, 1.0)
     if clean is not None:
         low, choice, proven, tail = clean
         picked = ", ".join(
@@ -234,7 +244,7 @@ def check_normalisable(leaves: Sequence[tuple[ScoreFactor, float]], who: str) ->
             if getattr(f, "num_components", 1) > 1
         )
         where = f" (components {picked})" if picked else ""
-        mixed = any(w < 0 and len(c[2]) > 1 for w, c in zip(weights, comps, strict=True))
+        mixed = any(w < 0 and len(c[2]) > 1 for w, c in zip(weights, analytic, strict=True))
         if proven and mixed:
             raise FactorError(
                 f"{who}: prod_i p_i^w_i with weights {{{named}}} is not normalisable: along some direction "
@@ -255,7 +265,7 @@ def check_normalisable(leaves: Sequence[tuple[ScoreFactor, float]], who: str) ->
         return
     failing = []
     for abar, ok in zip(PATH_LEVELS, screened[1:], strict=True):
-        failure = None if ok else _level_failure(comps, weights, abar)
+        failure = None if ok else _level_failure(analytic, weights, abar)
         if failure is not None and failure[2]:
             failing.append((abar, failure[0]))
     if failing:

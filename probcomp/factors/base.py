@@ -15,7 +15,7 @@ or a tensor of shape ``(N,)`` (one time per particle).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -199,7 +199,8 @@ class ExplicitFactor(ScoreFactor):
         elif callable(log_prob):
             if event_shape is None:
                 raise FactorError("an explicit factor built from a callable needs event_shape")
-            fn = log_prob
+            # a user log-density, documented to return one value per particle (log_prob checks the shape)
+            fn = cast("Callable[[torch.Tensor], torch.Tensor]", log_prob)
         else:
             raise FactorError(
                 f"ExplicitFactor needs a pyro distribution or a log-density callable, "

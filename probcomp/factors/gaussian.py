@@ -30,6 +30,9 @@ __all__ = ["Gaussian", "GaussianMixture", "exact_product"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
+#: a mixture's parameters in one dtype and device: means, eigenvalues, eigenvectors (or None), log-weights
+_Params = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]
+
 
 def _numeric(v: Any, who: str, what: str) -> torch.Tensor:
     """``v`` as a float64 tensor, or a :class:`FactorError` naming ``who`` and the argument ``what``."""
@@ -110,7 +113,7 @@ class GaussianMixture(ScoreFactor):
         self.evals = evals
         self.evecs = evecs
         self.weights = weights / weights.sum()
-        self._cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+        self._cache: dict[tuple[torch.dtype, torch.device], _Params] = {}
 
     # Parameters --------------------------------------------------------------------
     @property
@@ -128,14 +131,17 @@ class GaussianMixture(ScoreFactor):
             return torch.diag_embed(self.evals)
         return self.evecs @ torch.diag_embed(self.evals) @ self.evecs.transpose(-1, -2)
 
-    def _params(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _params(self, like: torch.Tensor) -> _Params:
         key = (like.dtype, like.device)
         if key not in self._cache:
-            cast = lambda v: None if v is None else v.to(dtype=like.dtype, device=like.device)  # noqa: E731
+
+            def cast(v: torch.Tensor) -> torch.Tensor:
+                return v.to(dtype=like.dtype, device=like.device)
+
             self._cache[key] = (
                 cast(self.means),
                 cast(self.evals),
-                cast(self.evecs),
+                None if self.evecs is None else cast(self.evecs),
                 cast(self.weights.log()),
             )
         return self._cache[key]
