@@ -38,7 +38,7 @@ alone (with ``reverse_step=False`` the increment is the annealed-importance rati
 ``log pi_s(x) - log pi_t(x)``).  Energies give these ratios exactly.  Score-only
 scenes get them from scores alone, in the spirit of the Feynman-Kac correctors of
 Skreta et al. (2025): the change of ``log pi`` in noise level at fixed ``x`` follows
-from the Fokker-Planck equation (:meth:`CompiledScene.log_snr_derivative`, a
+from the Fokker-Planck equation (:func:`probcomp.inference.smc.log_snr_derivative`, a
 trapezoid in log-SNR between levels), and the change in space from the score's
 line integral.  The log-SNR trapezoid needs small steps in log-SNR; on the default grid
 the last interval (to ``t_min = 1e-3``) is the widest, about 3 units at 100 levels, so
@@ -435,7 +435,7 @@ class AnnealedMCMC(DiffusionEngine):
         With energies, ``log pi_s(x1) - log pi_t(x)`` is exact.  Score-only scenes split it
         into ``log pi_s(x1) - log pi_s(x)`` (trapezoid line integral of the score at ``s``)
         and ``log pi_s(x) - log pi_t(x)`` (trapezoid in log-SNR of
-        :meth:`~probcomp.compiled.CompiledScene.log_snr_derivative`, from scores alone).
+        :func:`~probcomp.inference.smc.log_snr_derivative`, from scores alone).
         """
         x, x1 = old.x, new.x
         if old.log_p is not None and new.log_p is not None:
@@ -443,7 +443,7 @@ class AnnealedMCMC(DiffusionEngine):
         else:
             lam_t, lam_s = (float(self.schedule.log_snr(u)) for u in (t, s))
             xd = packer.unpack(x)
-            d_time = compiled.log_snr_derivative(xd, t) + compiled.log_snr_derivative(xd, s)
+            d_time = smc.log_snr_derivative(compiled, xd, t) + smc.log_snr_derivative(compiled, xd, s)
             d_logp = (lam_s - lam_t) / 2 * d_time
             if self.reverse_step:  # the trapezoid rule from x to x1, at s
                 g_s, _ = target(x, s)

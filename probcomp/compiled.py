@@ -16,8 +16,8 @@ scene and engine schedule, and holds
 Every evaluation an engine makes goes through it, and it counts them: the composed
 target (:meth:`CompiledScene.target`), the weighted scores per observable
 (:meth:`CompiledScene.observable_scores`), the energies of chosen kinds of terms
-(:meth:`CompiledScene.energy`) and the noise-level derivative of the log-target
-(:meth:`CompiledScene.log_snr_derivative`).
+(:meth:`CompiledScene.energy`); the noise-level derivative of the log-target
+(:func:`probcomp.inference.smc.log_snr_derivative`) counts its evaluations in the same counters.
 
 At engine time ``t`` the target is
 
@@ -32,69 +32,24 @@ ever formed, and identity observations skip autograd altogether.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, NamedTuple, cast, overload
+from typing import Any, cast, overload
 
 import torch
 
 from . import ops
 from . import schedules as sched
 from .compose import Composite
-from .errors import FactorError, NumericalError, ProbcompError, SceneError, ShapeError
+from .diagnostics import Diagnostics, finite_or_raise
+from .errors import FactorError, ProbcompError, SceneError, ShapeError
 from .factors import ExplicitFactor, ScoreFactor
 from .scene import Scene
+from .terms import TERM_KINDS, EvaluationCounter, Target, Term, batch_key
 
 __all__ = ["TERM_KINDS", "CompiledScene", "EvaluationCounter", "Target", "Term", "finite_or_raise"]
 
-TERM_KINDS = ("prior", "explicit", "score")
 
-
-@dataclass(frozen=True)
-class Term:
-    """One weighted factor evaluation: ``w * log p(fn(*parents))``.
-
-    ``kind`` is ``"prior"`` (a control's prior), ``"explicit"`` (an
-    :class:`~probcomp.factors.ExplicitFactor`: a density at ``t = 0``) or ``"score"``.
-    """
-
-    key: str
-    observable: str
-    factor: ScoreFactor
-    weight: float
-    fn: ops.Op
-    parents: tuple[str, ...]
-    kind: str = "score"
-
-
-class EvaluationCounter:
-    """Network evaluations (NFE) per term or observable, and the number of batched factor calls.
-
-    NFE counts evaluations per particle: a factor call on ``N`` particles adds the
-    factor's ``cost`` (its leaves' network calls) to each term it scores.
-    """
-
-    nfe: dict[str, int]
-    calls: int
-
-    def reset_counters(self) -> None:
-        self.nfe = {k: 0 for k in self.nfe}
-        self.calls = 0
-
-    @property
-    def nfe_total(self) -> int:
-        return sum(self.nfe.values())
-
-
-class Target(NamedTuple):
-    """Gradient of the scene's log-target per control, and the log-target if asked for."""
-
-    grad: dict[str, torch.Tensor]
-    log_p: torch.Tensor | None
-
-
-class CompiledScene(EvaluationCounter):
+class CompiledScene(EvaluationCounter, Diagnostics):
     """A validated scene ready for an engine; see the module docstring."""
 
     def __init__(self, scene: Scene, schedule: sched.Schedule | None = None, *, group: bool = True) -> None:
@@ -130,7 +85,7 @@ class CompiledScene(EvaluationCounter):
         self._check_normalisable()
         by_factor: dict[int, list[Term]] = defaultdict(list)
         for t in self.terms:
-            by_factor[_batch_key(t.factor) if group else id(t)].append(t)
+            by_factor[batch_key(t.factor) if group else id(t)].append(t)
         self.groups: tuple[tuple[Term, ...], ...] = tuple(tuple(g) for g in by_factor.values())
         # factors trained on the engine's schedule need no time mapping (checked once, here)
         self._own_clock = {id(t.factor): t.factor.schedule == self.schedule for t in self.terms}
@@ -413,111 +368,8 @@ class CompiledScene(EvaluationCounter):
         es = cast("list[torch.Tensor]", [e for _, e in outs])
         return torch.cat([s for s, _ in outs]), (torch.cat(es) if energy else None)
 
-    @staticmethod
-    def _names(group: tuple[Term, ...]) -> str:
-        return ", ".join(repr(term.key) for term in group)
-
-    @staticmethod
-    def _level(t: Any) -> float:
-        return float(t) if not isinstance(t, torch.Tensor) or t.numel() == 1 else float(t.max())
-
-    def log_snr_derivative(
-        self, x: dict[str, torch.Tensor], t: float, *, fd_step: float = 1e-3
-    ) -> torch.Tensor:
-        r"""``d log pi_lambda(X) / d lambda`` per particle at log-SNR ``lambda(t)``, from scores alone.
-
-        The forward (Fokker-Planck) equation of a VP diffusion gives, for every factor
-        at fixed ``y`` (``sigma^2 = 1 - abar``, ``s`` its score),
-
-        .. math:: \partial_\lambda \log p_\lambda(y) = -\tfrac12 \sigma^2 \big(d + y \cdot s
-                  + \nabla \cdot s + |s|^2\big),
-
-        and the target's is the weighted sum over terms at ``y = f_i(X)``.  The constant
-        ``d`` is dropped (it is the same for every particle).  The divergence is a
-        central finite difference along every axis of the factor's event (``2 d``
-        score calls per term; meant for low-dimensional factors).  Annealed
-        importance weights of score-only scenes integrate this over ``lambda``.
-        """
-        ref = next(iter(x.values()))
-        n = ref.shape[0]
-        sig2 = float(torch.sigmoid(-self.schedule.log_snr(t)))
-        out = torch.zeros(n, dtype=torch.float64, device=ref.device)
-        with torch.no_grad():
-            for term in self.terms:
-                y = term.fn(*[x[p] for p in term.parents]).detach()
-                f, tf = term.factor, self.factor_time(term.factor, t)
-                s = f.score(y, tf)
-                flat_y, flat_s = y.reshape(n, -1), s.reshape(n, -1)
-                div = torch.zeros(n, dtype=torch.float64, device=ref.device)
-                for j in range(flat_y.shape[1]):
-                    e = torch.zeros_like(flat_y)
-                    e[:, j] = fd_step
-                    up = f.score((flat_y + e).reshape(y.shape), tf).reshape(n, -1)[:, j]
-                    down = f.score((flat_y - e).reshape(y.shape), tf).reshape(n, -1)[:, j]
-                    div += ((up - down) / (2 * fd_step)).double()
-                self.nfe[term.key] += f.cost * (1 + 2 * flat_y.shape[1])
-                g = (flat_y * flat_s).sum(1).double() + div + flat_s.double().square().sum(1)
-                out -= 0.5 * sig2 * term.weight * g
-        return out
-
-    def dominant_term(self, x: dict[str, torch.Tensor], t: Any) -> tuple[Term, float]:
-        """The term whose weighted score ``|w s(f(X), t)|`` is largest on average over the
-        particles of ``x``, and that mean norm (diagnostics of a diverged run; not counted)."""
-        best: tuple[Term, float] | None = None
-        with torch.no_grad():
-            for term in self.terms:
-                y = self.observe(term, [x[p] for p in term.parents])
-                score = term.factor.score(y, self.factor_time(term.factor, t))
-                norm = float(
-                    (term.weight * score).reshape(y.shape[0], -1).norm(dim=1).nan_to_num(math.inf).mean()
-                )
-                if best is None or norm > best[1]:
-                    best = (term, norm)
-        assert best is not None
-        return best
-
-    def diagnose(self, x: dict[str, torch.Tensor], t: Any, where: str) -> None:
-        """Find why a step from state ``x`` at time ``t`` went non-finite; always raises.
-
-        Re-evaluates the target with per-factor checks, so the error names the
-        factor whose score is not finite; if every score is finite, the state
-        itself diverged (e.g. a step too large for the score's scale).
-        """
-        finite_or_raise(x, f"before {where}")
-        self.target(x, t, check=True)
-        raise NumericalError(
-            f"the state became non-finite {where} although every factor's score was finite "
-            "(the update diverged; try more steps)"
-        )
-
-    def _check_finite(self, s: torch.Tensor, e: torch.Tensor | None, group: tuple[Term, ...], t: Any) -> None:
-        bad = not bool(torch.isfinite(s).all())
-        what = "score"
-        if not bad and e is not None and not bool(torch.isfinite(e).all()):
-            bad, what = True, "energy"
-        if bad:
-            tv = self._level(t)
-            raise NumericalError(
-                f"{what} of factor {group[0].factor.name!r} (observable {self._names(group)}) is not "
-                f"finite at noise level t={tv:.4g} (log-SNR {float(self.schedule.log_snr(tv)):.3g})"
-            )
-
     def __repr__(self) -> str:
         return (
             f"CompiledScene({len(self.shapes)} controls, {len(self.terms)} terms in "
             f"{len(self.groups)} batched calls, schedule={self.schedule!r})"
         )
-
-
-def _batch_key(factor: ScoreFactor) -> int:
-    """Terms whose factors share this key are scored in one batched call: the factor object
-    itself, or the ``batch_key`` of factors that are copies of one network (``score_many``)."""
-    key = getattr(factor, "batch_key", None)
-    return key if isinstance(key, int) and hasattr(type(factor), "score_many") else id(factor)
-
-
-def finite_or_raise(x: dict[str, torch.Tensor], where: str) -> None:
-    """Raise :class:`NumericalError` if any control state is not finite."""
-    for k, v in x.items():
-        if not bool(torch.isfinite(v).all()):
-            raise NumericalError(f"state of control {k!r} is not finite {where}")

@@ -39,9 +39,9 @@ from typing import Any, NamedTuple
 import torch
 from pyro.distributions import constraints
 
-from .compiled import EvaluationCounter
 from .errors import NumericalError, SceneError
 from .scene import Scene
+from .terms import EvaluationCounter
 
 __all__ = ["CompiledInversion", "InversionDraw", "InversionGroup", "InversionTerm"]
 

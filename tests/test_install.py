@@ -61,25 +61,7 @@ def test_install_imports(tmp_path, editable):
     else:
         assert "site-packages" in pkg and Path(inf).parent.name == "inference"
         assert Path(inf).parent.parent.name == "probcomp"  # installed as probcomp.inference
-    cli = subprocess.run(
-        [
-            str(tmp_path / "venv" / "bin" / "probcomp"),
-            "demo",
-            "--samples",
-            "20",
-            "--steps",
-            "3",
-            "--png",
-            "",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert cli.returncode == 0, cli.stderr
-    assert '"rows"' in cli.stdout
+    _demo_runs(tmp_path, env)
 
 
 @pytest.mark.slow
@@ -137,6 +119,11 @@ def test_wheel_carries_the_zoo_and_installs_beside_the_tested_dependencies(tmp_p
     assert "site-packages" in lines[0]
     folders = {p.name for p in zoo.iterdir() if p.is_dir()}
     assert set(lines[1].split()) == folders  # the diffusers-format zoo folders travel too
+    _demo_runs(tmp_path, env)
+
+
+def _demo_runs(tmp_path, env) -> None:
+    """``probcomp demo`` from the installed console script, in a folder away from the checkout."""
     cli = subprocess.run(
         [
             str(tmp_path / "venv" / "bin" / "probcomp"),
