@@ -552,6 +552,9 @@ def test_latent_prompt_scenes_run_on_every_engine(text_pipeline, task):
         alone = ReverseDiffusion(steps=3, group=False).run(build(), 2, seed=4)
         assert calls.n == 3 * 3
         torch.testing.assert_close(joined["x"], alone["x"], rtol=1e-5, atol=1e-5)
+        em = PerStepEM(steps=3, inner_steps=2).run(build(), 2, seed=4)["x"]  # per-observable scores
+        em_alone = PerStepEM(steps=3, inner_steps=2, group=False).run(build(), 2, seed=4)["x"]
+        torch.testing.assert_close(em, em_alone, rtol=1e-5, atol=1e-5)
     assert images.shape == (2, 3, 16, 16) and bool(torch.isfinite(images).all())
 
 
