@@ -61,7 +61,7 @@ import torch
 
 from probcomp.compiled import CompiledScene
 from probcomp.distributed import Communicator, communicator, rank_seed, take_state
-from probcomp.errors import FactorError, SceneError, ScheduleError
+from probcomp.errors import FactorError, NumericalError, SceneError, ScheduleError
 from probcomp.results import Result
 from probcomp.scene import Scene
 from probcomp.validation import check_count, check_positive, check_seed
@@ -90,7 +90,7 @@ __all__ = ["KERNELS", "AnnealedMCMC"]
 
 _DEFAULT_STEP = 0.05  # c in eps(t) = c sigma_t^2; adapted by the adjusted kernels
 _RESAMPLE = (None, "ess", "always")
-_DEFAULT_ACCEPT = {"mala": MALA.target_accept, "hmc": HMC.target_accept}
+_DEFAULT_ACCEPT: dict[str, float | None] = {"mala": MALA.target_accept, "hmc": HMC.target_accept}
 
 
 class AnnealedMCMC(DiffusionEngine):
@@ -182,14 +182,19 @@ class AnnealedMCMC(DiffusionEngine):
         super().__init__(levels, **options)
         self._user_kernel = user
         self.kernel: str = user.name if user is not None else str(kernel)
-        self.k, self.levels_count = int(steps_per_level), int(levels)
+        self.k = int(steps_per_level)
         self.final_resample = bool(final_resample)
         self.step_size = _DEFAULT_STEP if step_size is None else step_size
         self.leapfrog_steps, self.damping, self.mass = int(leapfrog_steps), float(damping), float(mass)
         self.metropolis, self.trapezoid_points = metropolis, int(trapezoid_points)
         self.adapt = bool(adapt) and adjusted and not callable(self.step_size)
-        default_accept = user.target_accept if user is not None else _DEFAULT_ACCEPT.get(str(kernel), 0.0)
-        self.target_accept = target_accept if target_accept is not None else default_accept
+        default_accept = user.target_accept if user is not None else _DEFAULT_ACCEPT.get(str(kernel))
+        if self.adapt and target_accept is None and default_accept is None:
+            raise ScheduleError(
+                f"kernel {self.kernel!r} has a Metropolis test but no target_accept to adapt toward: set "
+                "its class attribute target_accept, pass target_accept=..., or adapt=False"
+            )
+        self.target_accept = float(target_accept if target_accept is not None else default_accept or 0.0)
         self.adapt_rate = float(adapt_rate)
         self.reverse_step, self.resample, self.ess_threshold = (
             bool(reverse_step),
@@ -244,7 +249,12 @@ class AnnealedMCMC(DiffusionEngine):
         return kernel, test
 
     def _eps(self, t: float, log_c: float, sigma: float) -> float:
-        return self.step_size(t) if callable(self.step_size) else math.exp(log_c) * sigma**2
+        if not callable(self.step_size):
+            return math.exp(log_c) * sigma**2
+        eps = self.step_size(t)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise ScheduleError(f"step_size({t:.4g}) must return a finite number > 0, got {eps!r}")
+        return float(eps)
 
     def run(
         self,
@@ -407,6 +417,7 @@ class AnnealedMCMC(DiffusionEngine):
             moved = state.moved(new, g_new, logp_new)
             if self.resample:
                 log_w += self._increment(compiled, packer, target, step, state, moved, t, s)
+                comm.together(lambda: _check_weights(log_w, t, s), f"in the weights from level t={t:.4g}")
             state = moved
         else:
             state = state.moved(new, state.grad, state.log_p)
@@ -432,10 +443,11 @@ class AnnealedMCMC(DiffusionEngine):
     ) -> torch.Tensor:
         """The log-weight increment of one level change (float64): see the module docstring.
 
-        With energies, ``log pi_s(x1) - log pi_t(x)`` is exact.  Score-only scenes split it
-        into ``log pi_s(x1) - log pi_s(x)`` (trapezoid line integral of the score at ``s``)
-        and ``log pi_s(x) - log pi_t(x)`` (trapezoid in log-SNR of
-        :func:`~probcomp.inference.smc.log_snr_derivative`, from scores alone).
+        With energies, ``log pi_s(x1) - log pi_t(x)`` is exact.  Otherwise it is split into
+        ``log pi_s(x1) - log pi_s(x)`` (trapezoid line integral of the score at ``s``) and
+        ``log pi_s(x) - log pi_t(x)``: exact energy differences for the terms that have
+        energies (:func:`~probcomp.inference.smc.energy_change`), the trapezoid in log-SNR of
+        :func:`~probcomp.inference.smc.log_snr_derivative` (from scores alone) for the others.
         """
         x, x1 = old.x, new.x
         if old.log_p is not None and new.log_p is not None:
@@ -443,8 +455,14 @@ class AnnealedMCMC(DiffusionEngine):
         else:
             lam_t, lam_s = (float(self.schedule.log_snr(u)) for u in (t, s))
             xd = packer.unpack(x)
-            d_time = smc.log_snr_derivative(compiled, xd, t) + smc.log_snr_derivative(compiled, xd, s)
+            exact = [tm for tm in compiled.terms if tm.factor.has_energy]
+            fp = [tm for tm in compiled.terms if not tm.factor.has_energy]
+            d_time = smc.log_snr_derivative(compiled, xd, t, terms=fp) + smc.log_snr_derivative(
+                compiled, xd, s, terms=fp
+            )
             d_logp = (lam_s - lam_t) / 2 * d_time
+            if exact:
+                d_logp = d_logp + smc.energy_change(compiled, xd, t, s, exact)
             if self.reverse_step:  # the trapezoid rule from x to x1, at s
                 g_s, _ = target(x, s)
                 line = smc.line_integral(
@@ -472,3 +490,14 @@ for _name, _help in zip(
     KERNELS, ("Langevin", "MALA", "underdamped Langevin", "generalised HMC"), strict=True
 ):
     register(f"annealed-{_name}", _factory(_name), f"annealed {_help}")
+
+
+def _check_weights(log_w: torch.Tensor, t: float, s: float) -> None:
+    """Refuse log-weights that resampling cannot use: NaN (a NaN energy or ``-inf - -inf``), or
+    all ``-inf`` (every particle outside the support of the target)."""
+    if bool(torch.isnan(log_w).any()) or not bool(torch.isfinite(log_w).any()):
+        raise NumericalError(
+            f"the SMC weights from level t={t:.4g} to {s:.4g} are NaN or all -inf: a factor's energy "
+            "is not finite where the particles are (a hard constraint at t > 0?); use resample=None "
+            "or a smooth density"
+        )

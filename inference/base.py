@@ -268,7 +268,12 @@ class DiffusionEngine(Engine):
         num_samples = check_count("num_samples", num_samples, error=SceneError)
         if callable(scene) and not isinstance(scene, (Scene, CompiledScene)):  # a Pyro program
             scene = scene_from_pyro(scene)
-        compiled = scene if isinstance(scene, CompiledScene) else self.compile(scene)
+        if isinstance(scene, CompiledScene):  # compiled by this or another engine: this engine's checks
+            compiled = scene
+            compiled.require_value_observables(self.label)
+            self.check_compiled(compiled)
+        else:
+            compiled = self.compile(scene)
         if compiled.schedule != self.schedule:
             raise ScheduleError("the scene was compiled for a different schedule than this engine's")
         elements = num_samples * sum(math.prod(s) for s in compiled.shapes.values())

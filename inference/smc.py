@@ -24,17 +24,19 @@ draw the uniforms once and compute the same indices on every process.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
 from probcomp.compiled import CompiledScene
+from probcomp.terms import Term
 
 from .steps import ReverseStep
 
 __all__ = [
     "RESAMPLERS",
     "ais_increment",
+    "energy_change",
     "ess",
     "kernel_log_ratio",
     "line_integral",
@@ -157,7 +159,12 @@ def kernel_log_ratio(step: ReverseStep, x: torch.Tensor, x1: torch.Tensor, g: to
 
 
 def log_snr_derivative(
-    compiled: CompiledScene, x: dict[str, torch.Tensor], t: float, *, fd_step: float = 1e-3
+    compiled: CompiledScene,
+    x: dict[str, torch.Tensor],
+    t: float,
+    *,
+    terms: Sequence[Term] | None = None,
+    fd_step: float = 1e-3,
 ) -> torch.Tensor:
     r"""``d log pi_lambda(X) / d lambda`` per particle at log-SNR ``lambda(t)``, from scores alone.
 
@@ -171,15 +178,18 @@ def log_snr_derivative(
     ``d`` is dropped (it is the same for every particle).  The divergence is a
     central finite difference along every axis of the factor's event (``2 d``
     score calls per term; meant for low-dimensional factors).  Annealed
-    importance weights of score-only scenes integrate this over ``lambda``.
+    importance weights of score-only factors integrate this over ``lambda``; ``terms``
+    restricts the sum (default: every term of the scene).  The equation holds for diffusion
+    factors only: an explicit density applied at ``t = 0`` is not a noised family, so its
+    change comes from :func:`energy_change`.
     """
     ref = next(iter(x.values()))
     n = ref.shape[0]
     sig2 = float(torch.sigmoid(-compiled.schedule.log_snr(t)))
     out = torch.zeros(n, dtype=torch.float64, device=ref.device)
     with torch.no_grad():
-        for term in compiled.terms:
-            y = term.fn(*[x[p] for p in term.parents]).detach()
+        for term in compiled.terms if terms is None else terms:
+            y = compiled.observe(term, [x[p] for p in term.parents]).detach()
             f, tf = term.factor, compiled.factor_time(term.factor, t)
             s = f.score(y, tf)
             flat_y, flat_s = y.reshape(n, -1), s.reshape(n, -1)
@@ -193,4 +203,21 @@ def log_snr_derivative(
             compiled.nfe[term.key] += f.cost * (1 + 2 * flat_y.shape[1])
             g = (flat_y * flat_s).sum(1).double() + div + flat_s.double().square().sum(1)
             out -= 0.5 * sig2 * term.weight * g
+    return out
+
+
+def energy_change(
+    compiled: CompiledScene, x: dict[str, torch.Tensor], t: float, s: float, terms: Sequence[Term]
+) -> torch.Tensor:
+    """``sum_j w_j (E_j(f_j(X), t) - E_j(f_j(X), s))`` per particle (float64): the exact change of
+    ``log pi`` from level ``t`` to ``s`` at fixed ``X`` of the terms that have energies."""
+    ref = next(iter(x.values()))
+    out = torch.zeros(ref.shape[0], dtype=torch.float64, device=ref.device)
+    with torch.no_grad():
+        for term in terms:
+            y = compiled.observe(term, [x[p] for p in term.parents]).detach()
+            f = term.factor
+            e_t, e_s = (f.energy(y, compiled.factor_time(f, u)) for u in (t, s))
+            compiled.nfe[term.key] += 2 * f.cost
+            out += term.weight * (e_t.double() - e_s.double())
     return out

@@ -331,10 +331,10 @@ class ProcessGroupCommunicator(Communicator):
         return out
 
     def together(self, check: Callable[[], None], what: str) -> None:
-        err: ProbcompError | None = None
+        err: BaseException | None = None
         try:
             check()
-        except ProbcompError as e:
+        except Exception as e:
             err = e
         if self.any(err is not None):
             if err is not None:

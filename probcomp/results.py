@@ -106,7 +106,8 @@ class Result:
         shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in self.samples.items())
         if self.point is not None:
             k = f", K={self.k}" if self.k is not None else ""
-            return f"Result({self.engine}: loss={self.loss:.5g}{k}, controls={sorted(self.point)})"
+            loss = f"{self.loss:.5g}" if self.loss is not None else "?"
+            return f"Result({self.engine}: loss={loss}{k}, controls={sorted(self.point)})"
         return (
             f"Result({self.engine}: {shapes}; nfe={self.stats.get('nfe_total')}, "
             f"wall_time={self.stats.get('wall_time', float('nan')):.3g}s)"

@@ -515,7 +515,115 @@ def test_score_many_joins_copies_at_different_inputs_in_one_call(text_pipeline):
         type(f).score_many([f, other], ys[:2], 0.3)
 
 
-# The seed's latent tasks (per-step optimisation) -----------------------------------------------
+def test_score_many_takes_inputs_of_different_sizes(text_pipeline):
+    f = from_diffusers(text_pipeline)
+    parts = [f.condition(prompt="red"), f]
+    ys = [torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(n)) for n in (2, 3)]
+    calls = Counter(f.unet)
+    got = type(f).score_many(parts, ys, 0.3)
+    assert calls.n == 1 and calls.sizes == [5]
+    for p, y, s in zip(parts, ys, got, strict=True):
+        assert s.shape == y.shape
+        torch.testing.assert_close(s, p.score(y, 0.3), rtol=1e-5, atol=1e-5)
+    # per-particle times: one per row of every input (equal sizes), else a clear error
+    t = torch.tensor([0.2, 0.7])
+    same = type(f).score_many(parts, [ys[0], ys[0] + 1], t)
+    torch.testing.assert_close(same[1], f.score(ys[0] + 1, t), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FactorError, match="one value per row of every input"):
+        type(f).score_many(parts, ys, t)
+
+
+def test_the_vae_runs_in_its_own_dtype(text_pipeline):
+    f32 = from_diffusers(text_pipeline)
+    low = from_diffusers(
+        f32.unet.to(torch.bfloat16),
+        scheduler=f32.scheduler,
+        text_encoder=f32.core.text_encoder,
+        tokenizer=f32.core.tokenizer,
+        vae=tiny.tiny_vae(),
+        name="bf16-unet",
+    )
+    assert low.unet.dtype == torch.bfloat16 and next(low.vae.parameters()).dtype == torch.float32
+    z = torch.randn(2, 4, 8, 8)
+    img = low.decode(z)
+    assert img.dtype == torch.float32 and img.shape == (2, 3, 16, 16)
+    torch.testing.assert_close(img, f32.decode(z))  # the same fp32 VAE
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    lat = low.encode(x)
+    assert lat.dtype == torch.float32
+    torch.testing.assert_close(lat, f32.encode(x))
+
+
+def _prompt_and_class_unet():
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    net = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+        num_class_embeds=3,
+    )
+    return tiny.randomise(net, 0)
+
+
+def test_a_unet_with_a_prompt_and_a_class_label_gets_both(text_pipeline):
+    src = from_diffusers(text_pipeline)
+    f = from_diffusers(
+        _prompt_and_class_unet(),
+        scheduler=src.scheduler,
+        text_encoder=src.core.text_encoder,
+        tokenizer=src.core.tokenizer,
+        null_class=2,
+        name="both",
+    )
+    x = torch.randn(3, 4, 8, 8)
+    tau = 0.5 * 999
+    h = {p: f.core.embed(p).expand(3, -1, -1) for p in ("", "red")}
+
+    def raw(prompt, labels):
+        with torch.no_grad():
+            return f.unet(
+                x, torch.full((3,), tau), encoder_hidden_states=h[prompt], class_labels=labels
+            ).sample
+
+    # the unconditional model is the empty prompt with the null class
+    torch.testing.assert_close(f.eps(x, 0.5), raw("", torch.full((3,), 2)), rtol=1e-5, atol=1e-5)
+    red = f.condition(prompt="red")
+    labels = torch.tensor([0, 1, 2])
+    per = red.eps_given(x, 0.5, {"class_labels": labels})
+    torch.testing.assert_close(per, raw("red", labels), rtol=1e-5, atol=1e-5)
+    per_u = f.eps_given(x, 0.5, {"class_labels": labels})
+    torch.testing.assert_close(per_u, raw("", labels), rtol=1e-5, atol=1e-5)
+
+
+def test_a_refused_configure_leaves_the_factor_as_it_was(text_pipeline):
+    f = from_diffusers(text_pipeline)
+    calls = Counter(f.unet)
+    x = torch.randn(5, 4, 8, 8)
+    f.configure(max_batch=2)
+    before = f.eps(x, 0.3)
+    for k, bad in enumerate(({"max_batch": 0}, {"max_batch": True}, {"autocast": torch.float64})):
+        with pytest.raises(FactorError, match="must be"):
+            f.configure(**bad)
+        assert f.core.max_batch == 2 and f.core.autocast is None
+        calls.sizes.clear()
+        assert bool(torch.isfinite(f.eps(x + k + 1, 0.3)).all())  # a new input: a fresh call
+        assert calls.sizes == [2, 2, 1]
+    torch.testing.assert_close(f.eps(x, 0.3), before)
+    with pytest.raises(FactorError, match="autocast must be"):
+        f.configure(max_batch=3, autocast=torch.float64)  # nothing of a refused call is applied
+    assert f.core.max_batch == 2
+
+
+# The latent tasks of diffusion-based compositional optimisation (per-step optimisation) ---------
 @pytest.mark.parametrize("task", ["panorama", "background_object", "whole_part"])
 def test_latent_prompt_scenes_run_on_every_engine(text_pipeline, task):
     from probcomp.models.diffusers import scenes

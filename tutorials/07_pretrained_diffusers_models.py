@@ -69,8 +69,8 @@ assert gap < 1e-4
 # %% [markdown]
 # ## AND and NOT of two attributes
 # The conditioned copies share one network, so all the terms of all the particles go
-# through the U-Net in **one** call per level.  (The first level makes one call per term and
-# learns which terms are asked for together.)  The colour of a sample is read off its
+# through the U-Net in **one** call per level, from the first level on: the compiled scene
+# groups the terms of one model and evaluates them together.  The colour of a sample is read off its
 # foreground pixels: the channel with the largest mean where the image is not black.
 
 

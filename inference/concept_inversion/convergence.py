@@ -7,8 +7,8 @@ numbers, so the comparisons are not noisy):
   loss, with steps of ``0.1 .. 10 x lr`` (the engine's step size, in the concepts' units),
   lowers the loss by more than ``min_drop`` relative: the descent stopped (its step size
   decayed, or it ran out of steps) before the minimum (more ``steps`` or a larger ``lr``);
-* **restarts disagree** -- the surviving restarts' losses spread by more than ``rtol``
-  relative to the best: the others stopped in worse minima, so the best may be one too
+* **restarts disagree** -- no second surviving restart comes within ``rtol`` (relative) of the
+  best one's loss: the answer was reached once, so it may be one minimum among several
   (more restarts, ``init="greedy"`` or ``relocate``).
 
 A run with either sign warns (:class:`~probcomp.errors.ConvergenceWarning`) and records
@@ -39,7 +39,7 @@ class Convergence:
     still_falling: bool
     restarts_disagree: bool
     relative_drop: float  # the line search's relative loss decrease at the answer
-    loss_spread: float  # (worst - best) / best over the surviving restarts (0 with one survivor)
+    loss_spread: float  # (second best - best) / best over the surviving restarts (0 with one survivor)
 
     def as_dict(self) -> dict[str, float | bool]:
         return asdict(self)
@@ -73,8 +73,9 @@ def assess(drop: float, losses: torch.Tensor, *, min_drop: float = 0.2, rtol: fl
     falling = drop > min_drop
     alive = losses[torch.isfinite(losses)].double()
     spread = 0.0
-    if alive.numel() >= 2:
-        spread = float((alive.max() - alive.min()) / alive.min().abs().clamp_min(1e-12))
+    if alive.numel() >= 2:  # does a second restart reach the best's loss? (others may sit in worse minima)
+        low = alive.sort().values
+        spread = float((low[1] - low[0]) / low[0].abs().clamp_min(1e-12))
     disagree = spread > rtol
     return Convergence(not (falling or disagree), falling, disagree, drop, spread)
 
@@ -91,5 +92,5 @@ def warn_if_unconverged(c: Convergence, *, steps: int, restarts: int) -> None:
         why.append(f"the surviving restarts' losses spread by {c.loss_spread:.0%} (restarts={restarts}: "
                    "use more, init='greedy' or relocate)")  # fmt: skip
     warnings.warn(
-        "concept inversion may not have converged: " + "; ".join(why), ConvergenceWarning, stacklevel=3
+        "concept inversion may not have converged: " + "; ".join(why), ConvergenceWarning, stacklevel=4
     )

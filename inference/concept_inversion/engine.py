@@ -236,7 +236,10 @@ class ConceptInversion(Engine):
         ``stats["k"]`` and ``stats["k_losses"]`` set (``res.k``, ``res.k_losses``) and every
         run kept in ``res.per_k``.
         """
-        k_min, k_max = int(k_min), int(k_max)
+        k_min, k_max = (
+            check_count("K_min", k_min, error=SceneError),
+            check_count("K_max", k_max, error=SceneError),
+        )
         if k_min < 1 or k_min > k_max:
             raise SceneError(f"need 1 <= K_min <= K_max, got K_min={k_min}, K_max={k_max}")
         runs = {

@@ -135,8 +135,8 @@ class Kernel:
     """
 
     name = "kernel"
-    #: the acceptance rate the step size adapts toward (adjusted kernels)
-    target_accept = 0.0
+    #: the acceptance rate the step size adapts toward (an adjusted kernel must set it)
+    target_accept: float | None = None
 
     def __init__(self, *, metropolis: MetropolisTest | None = None, mass: float = 1.0) -> None:
         self.metropolis, self.mass = metropolis, float(mass)

@@ -28,6 +28,8 @@ __all__ = ["PREDICTION_TYPES", "Condition"]
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 """diffusers' ``prediction_type`` names and the parameterisation boundary's."""
 
+_OWN: Any = object()  # check_options' default: the core's current setting
+
 
 @dataclass(frozen=True)
 class Condition:
@@ -128,15 +130,18 @@ class _Core:
         self.unet_calls = 0  # batched evaluations (a micro-batched one counts once)
 
     # Options ----------------------------------------------------------------------------
-    def check_options(self) -> None:
-        if self.max_batch is not None and (isinstance(self.max_batch, bool) or int(self.max_batch) < 1):
+    def check_options(self, max_batch: Any = _OWN, autocast: Any = _OWN) -> None:
+        """Raise unless ``max_batch`` and ``autocast`` (default: the current ones) are valid."""
+        max_batch = self.max_batch if max_batch is _OWN else max_batch
+        autocast = self.autocast if autocast is _OWN else autocast
+        if max_batch is not None and (isinstance(max_batch, bool) or int(max_batch) < 1):
             raise FactorError(
-                f"factor {self.name!r}: max_batch must be a positive integer, got {self.max_batch!r}"
+                f"factor {self.name!r}: max_batch must be a positive integer, got {max_batch!r}"
             )
-        if self.autocast not in (None, torch.float16, torch.bfloat16):
+        if autocast not in (None, torch.float16, torch.bfloat16):
             raise FactorError(
                 f"factor {self.name!r}: autocast must be None, torch.float16 or torch.bfloat16, "
-                f"got {self.autocast!r}"
+                f"got {autocast!r}"
             )
 
     @property
@@ -168,8 +173,8 @@ class _Core:
         return k
 
     def base_condition(self) -> Condition:
-        if self.text:
-            return Condition(prompt="")
+        if self.text:  # (a U-Net that takes both keeps its null class with the empty prompt)
+            return Condition(prompt="", class_label=self.null_class)
         return Condition(class_label=self.null_class)
 
     def bind(self, cond: Condition, **kw: Any) -> Condition:
@@ -313,9 +318,10 @@ class _Core:
         n = z.shape[0]
         step = n if self.max_batch is None else int(self.max_batch)
         grad = torch.is_grad_enabled() and z.requires_grad
+        p = next(vae.parameters())  # the VAE runs in its own dtype and device, not the U-Net's
         outs = []
         for lo in range(0, n, step):
-            zc = z[lo : lo + step].to(device=self.device, dtype=self.dtype) / scale
+            zc = z[lo : lo + step].to(device=p.device, dtype=p.dtype) / scale
 
             def f(zc: torch.Tensor) -> torch.Tensor:
                 with self._autocast():
@@ -331,6 +337,7 @@ class _Core:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         vae = self.require_vae()
+        p = next(vae.parameters())  # the VAE's own dtype and device
         with torch.no_grad():
-            d = vae.encode(x.to(device=self.device, dtype=self.dtype)).latent_dist
+            d = vae.encode(x.to(device=p.device, dtype=p.dtype)).latent_dist
         return (d.mean * self.scaling_factor).to(device=x.device, dtype=x.dtype)

@@ -20,15 +20,17 @@ its null class when it declares one.  Composable Diffusion's AND / NOT (Liu et a
 ``eps = eps_u + sum_i w_i (eps_{c_i} - eps_u)``, is then
 ``compose.weighted([f.condition(prompt=a), f.condition(prompt=b), f], [w_a, w_b, 1 - w_a - w_b])``.
 
-**Batching of conditioned copies.**  An engine evaluates every factor of a scene at the same
-noised state in one *round*.  Copies of one model called at the same input ``(y, tau)`` in
-a round are evaluated in a single U-Net call, the conditions stacked along the batch axis:
-the first call of a condition in a round also evaluates the conditions that shared its
-previous round and keeps their outputs for the calls that follow.  So a composition of ``k``
-prompts costs one U-Net call per round after the first (which discovers the ``k``), and the
-values are those of separate calls.  Copies at *different* inputs (a panorama's windows, one
-prompt each) are evaluated one call each; :meth:`DiffusersFactor.score_many` joins them in one
-call for a caller that has all the inputs at once.  ``max_batch`` splits every call into micro-batches of at
+**Batching of conditioned copies.**  A compiled scene (:class:`probcomp.CompiledScene`, what
+every engine runs) groups the terms whose factors share a :attr:`DiffusersFactor.batch_key`
+(copies of one model) and evaluates each group with :meth:`DiffusersFactor.score_many`, every
+copy on its own rows, from the first level on: a composition of ``k`` prompts costs one U-Net
+call per level, and the values are those of separate calls.  The same joins copies at
+*different* inputs (a panorama's windows, one prompt each).  Outside a compiled scene (a
+:class:`~probcomp.compose.Composite` called directly), copies called at the same input
+``(y, tau)`` in a *round* are still joined: the first call of a condition in a round also
+evaluates the conditions that shared its previous round and keeps their outputs for the calls
+that follow, so only the first round (which discovers the ``k``) makes one call per term.
+``max_batch`` splits every call into micro-batches of at
 most that many samples (the same values, less memory); ``autocast`` runs the networks in
 float16 / bfloat16 while the sampler's state stays float32; ``checkpointing`` recomputes the
 networks' activations in the backward pass when gradients flow through them (an observation
@@ -45,6 +47,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal, cast
 
 import torch
@@ -142,7 +145,10 @@ class DiffusersFactor(ModelFactor):
             self.core.check_label(int(bad[0]))
         tt = as_time(t, y)
         mt = self.schedule.model_time(tt).reshape(-1).to(dtype=y.dtype, device=y.device).expand(y.shape[0])
-        out = self.core.run(y, mt, {"class_labels": labels.to(device=self.core.device, dtype=torch.long)})
+        # the bound condition's other inputs (a prompt's embedding), then one label per particle
+        kw = self.core._kwargs([replace(self.cond, class_label=0)], y.shape[0])
+        kw["class_labels"] = labels.to(device=self.core.device, dtype=torch.long)
+        out = self.core.run(y, mt, kw)
         return to_eps(
             self.prediction,
             out,
@@ -162,9 +168,10 @@ class DiffusersFactor(ModelFactor):
     ) -> list[torch.Tensor]:
         """Scores of copies of one model, each at its own input, in one U-Net call.
 
-        For terms that observe *different* inputs (a panorama's windows, one prompt each),
-        which the round batching of :meth:`_predict` cannot join: a compiled scene that groups
-        terms by :attr:`batch_key` would call this once per group.
+        A compiled scene groups the terms whose factors share a :attr:`batch_key` and calls this
+        once per group and level (from the first level on), each copy on its own input; the
+        inputs may differ (a panorama's windows, one prompt each) and have different sizes.  A
+        time is a scalar or one value per row of every input.
         """
         if not factors or len({f.batch_key for f in factors}) != 1 or len(factors) != len(ys):
             raise FactorError("score_many needs one input per factor, all copies of one model")
@@ -172,11 +179,17 @@ class DiffusersFactor(ModelFactor):
         for f, y in zip(factors, ys, strict=True):
             check_event(y, f.event_shape, f"factor {f.name!r}")
         y = torch.cat(list(ys))
-        tt = as_time(t, ys[0])
-        tt = tt.expand(ys[0].shape[0], 1) if tt.shape[0] == 1 else tt
-        tt = tt.repeat(len(ys), 1)
-        mt = f0.schedule.model_time(tt).reshape(-1).to(dtype=y.dtype, device=y.device)
         sizes = [v.shape[0] for v in ys]
+        t0 = torch.as_tensor(t, dtype=torch.float64)
+        if t0.ndim == 1 and t0.shape[0] != 1 and any(n != t0.shape[0] for n in sizes):
+            raise FactorError(
+                f"score_many: a per-particle time ({t0.shape[0]},) must have one value per row of every "
+                f"input, but the inputs have {sizes} rows; pass a scalar time or inputs of equal size"
+            )
+        # one time per row of the joined batch: each input's own, whatever its size
+        per = [as_time(t, v) for v in ys]
+        tt = torch.cat([v.expand(n, 1) if v.shape[0] == 1 else v for v, n in zip(per, sizes, strict=True)])
+        mt = f0.schedule.model_time(tt).reshape(-1).to(dtype=y.dtype, device=y.device)
         kw: dict[str, list[torch.Tensor]] = {}
         for f, n in zip(factors, sizes, strict=True):
             for k, v in core._kwargs([f.cond], n).items():
@@ -205,13 +218,12 @@ class DiffusersFactor(ModelFactor):
     ) -> DiffusersFactor:
         """Set micro-batching, autocast and activation checkpointing (shared by all copies); returns self."""
         core = self.core
-        if max_batch != "keep":
-            core.max_batch = max_batch
-        if autocast != "keep":
-            core.autocast = autocast
+        mb = core.max_batch if max_batch == "keep" else max_batch
+        ac = core.autocast if autocast == "keep" else autocast
+        core.check_options(mb, ac)  # validate first: a refused setting leaves the factor as it was
+        core.max_batch, core.autocast = mb, ac
         if checkpointing is not None:
             core.checkpointing = bool(checkpointing)
-        core.check_options()
         core.reset()
         return self
 
