@@ -202,3 +202,69 @@ def test_a_generator_is_a_seed():
         warnings.simplefilter("ignore", ConvergenceWarning)
         r1, r2 = eng.run(s, seed=torch.Generator().manual_seed(3)), eng.run(s, seed=3)
     assert torch.equal(r1["c"], r2["c"])
+
+
+def test_smc_weights_of_score_only_and_explicit_factors_match_the_exact_ones():
+    """With one factor score-only, the explicit density's change in level comes from its energy,
+    not from the Fokker-Planck equation (which holds for diffusion factors only)."""
+    import pyro.distributions as dist
+
+    g = Gaussian(torch.tensor([0.3, -0.2]), 0.6)
+    lap = pc.factors.ExplicitFactor(dist.Laplace(torch.zeros(2), 0.5).to_event(1))
+
+    def scene(first):
+        s = pc.Scene()
+        x = s.control("x", (2,))
+        s.observe("g", x, factor=first)
+        s.observe("lap", x, factor=lap)
+        return s
+
+    kw = dict(resample="ess", ess_threshold=0.0, final_resample=False, reverse_step=False, t_min=0.0)
+    exact = AnnealedMCMC("uhmc", 2, 20, **kw).run(scene(g), 300, seed=0)
+    mixed = AnnealedMCMC("uhmc", 2, 20, **kw).run(scene(_ScoreOnly(g)), 300, seed=0)
+    assert torch.equal(exact["x"], mixed["x"])
+    a, b = exact.particle_stats["log_weight"], mixed.particle_stats["log_weight"]
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.99
+
+
+def test_nan_smc_weights_stop_the_run():
+    """A hard constraint applied at every level: particles outside it have weight -inf - -inf."""
+    s = pc.Scene()
+    x = s.control("x", (2,))
+    s.observe("g", x, factor=Gaussian(torch.zeros(2), 1.0))
+    wall = pc.factors.ExplicitFactor(
+        lambda y: torch.where(y[:, 0] > 0, 0.0 * y.sum(1), -math.inf), (2,), name="wall"
+    )
+    s.observe("wall", x, factor=wall)
+    with pytest.raises(pc.NumericalError, match="SMC weights") as err:
+        AnnealedMCMC("ula", 1, 10, resample="ess").run(s, 64, seed=0)
+    _one_line(err)
+
+
+def test_a_scene_compiled_by_another_engine_gets_this_engines_checks():
+    import pyro.distributions as dist
+
+    s = pc.Scene()
+    s.observe(
+        "p",
+        s.control("x", (2,)),
+        factor=pc.factors.ExplicitFactor(dist.Laplace(torch.zeros(2), 1.0).to_event(1)),
+    )
+    compiled = ReverseDiffusion(5).compile(s)
+    with pytest.raises(pc.SceneError, match="only priors and explicit"):
+        PerStepEM(5).run(compiled, 4)
+
+
+def test_adjusted_user_kernels_need_a_target_acceptance_and_step_size_functions_are_checked():
+    from probcomp.inference.kernels import EnergyTest, Kernel
+
+    class NoTarget(Kernel):
+        def __init__(self):
+            super().__init__(metropolis=EnergyTest())
+
+    with pytest.raises(pc.ScheduleError, match="target_accept"):
+        AnnealedMCMC(NoTarget(), 2, 3)
+    AnnealedMCMC(NoTarget(), 2, 3, target_accept=0.4)  # or given explicitly
+    with pytest.raises(pc.ScheduleError, match="step_size") as err:
+        AnnealedMCMC("hmc", 2, 3, step_size=lambda t: -0.1).run(_scene(), 4)
+    _one_line(err)
