@@ -218,7 +218,7 @@ def _whole_part(r: Results) -> str:
 - **The part observable works**: with it {r(f, *m, "reverse-diffusion", "part_satisfied", pct=True)} (reverse
   diffusion) and {r(f, *m, "per-step-em-eta1-clip", "part_satisfied", pct=True)} (PerStepEM, `eta = 1`, clamped) of
   crops hold the requested colour, against {r(f, "real", "part_satisfied", pct=True)} in real scenes.
-- **The paper's deterministic PerStepEM needs a preconditioned model**: with the zoo's plain-eps U-Nets
+- **The paper's deterministic PerStepEM fails on plain-eps U-Nets**: with the zoo's plain-eps U-Nets
   its realism ratio is {r(f, *m, "per-step-em", "whole_denoising_loss", digits=1)} (1 is data), because deterministic DDIM
   integrates high-noise eps errors through `sigma / alpha`.  Clamping the denoised estimate
   (`clip_x0`) and stochastic steps (`eta = 1`) repair it.
@@ -570,8 +570,9 @@ PAGES += [
         "diffusers_memory",
         "Memory and time of the diffusers adapter",
         "diffusers_memory.py",
-        "Peak memory and time per score evaluation of a diffusers model through the adapter, by batch size, "
-        "and of a composition of several terms.",
+        "Time per score evaluation of a diffusers model through the adapter, by batch size and precision, "
+        "and of a composition of several terms; peak memory is recorded on CUDA only (the committed run is "
+        "on the CPU, so it is empty).",
         {
             "diffusers_memory.json": "python benchmarks/diffusers_memory.py --json --out benchmarks/results/diffusers_memory.json"
         },

@@ -1,4 +1,5 @@
-r"""EM-style per-step optimisation (the diffusion-optimisation seed, §5, Eqs. 12-41).
+r"""EM-style per-step optimisation ("Compositional Generative Inference Using Diffusion-Based
+Optimization", §5, Eqs. 12-41).
 
 Every observable is ``y_i = f_i(X) + N(0, psi_i^2 I)`` (Eq. 12) and its factor is a
 diffusion model (learned or analytic).  At each level ``t -> s`` of a descending grid:

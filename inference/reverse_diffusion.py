@@ -9,7 +9,7 @@ scene's composed gradient ``g = sum_i w_i J_i^T s_i(f_i(X), t)``
 The noisy levels run from ``t_max`` to ``t_min`` (default ``1e-3``) and the last step
 goes to 0, returning the denoised estimate ``x0_hat``.  For a product of factors this samples
 the product of the *noised* factors at every level, which is not the noised
-product: the bias that annealed MCMC corrects (notes seed; Du et al. 2023).
+product: the bias that annealed MCMC corrects (Du et al. 2023).
 
 ``last_step="tweedie"`` ends instead with a draw from the Gaussian of the first two
 moments of ``p(x_0 | x_t)`` at ``t = t_min`` (Tweedie's formula and its second-order

@@ -141,8 +141,10 @@ def line_integral(
 def kernel_log_ratio(step: ReverseStep, x: torch.Tensor, x1: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``log B(x | x1) - log F(x1 | x)`` of a reverse step from ``x`` (score ``g``) to ``x1`` (float64).
 
-    A deterministic step (no fresh noise) has no kernel densities: the ratio is 0 and the
-    weight a plain importance ratio.
+    A deterministic step (no fresh noise) has no transition density, and the correct increment
+    would need the Jacobian ``|det dx1/dx|`` of the map; 0 is returned, which is right only for
+    a volume-preserving map.  The annealed engine therefore steps between levels with DDPM's
+    noise (``eta = 1``), where this case does not arise.
     """
     c = step.noise
     ratio = (step.a_t / step.a_s) ** 2  # abar_t / abar_s

@@ -15,7 +15,8 @@ on the whole population, exactly as one process holding all ``N`` would compute 
   scheme that Murray, Lee & Jacob 2016 compare their collective-free resamplers with;
   with ``N`` log-weights of 8 bytes per level it is not the bottleneck at the sizes here);
 * the acceptance rate that adapts the step size is the mean over all ``N`` particles;
-* counters (NFE, batched calls) are summed, wall time is the slowest rank's.
+* batched calls are summed; NFE per particle (the same on every rank) and wall time are the
+  slowest rank's.
 
 Rank 0's random stream is the one a single-process run with the same seed uses, so with
 ``K = 1`` a distributed run is bit-identical to a plain one; rank ``r > 0`` draws from a

@@ -4,7 +4,8 @@ Each transition refreshes the momentum partially, ``p <- sqrt(1 - gamma) p + sqr
 (``gamma`` the damping; ``gamma = 1`` is a full refresh), then runs ``L`` leapfrog steps of
 size ``h = sqrt(2 eps)`` on ``H(x, p) = -log pi(x) + |p|^2 / (2 m)`` (Neal 2011).  HMC accepts
 with ``log a = log pi(x') - log pi(x) - (|p'|^2 - |p|^2) / (2 m)`` and negates the momentum
-on rejection (Horowitz 1991), so that with partial refresh the chain stays reversible; U-HMC
+on rejection (Horowitz 1991), so that with partial refresh the chain keeps its target invariant
+(it is not reversible); U-HMC
 keeps every trajectory (Du et al. 2023 use both at every noise level).
 """
 
