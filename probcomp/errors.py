@@ -39,3 +39,8 @@ class DataError(ProbcompError, ValueError):
 class ConvergenceWarning(UserWarning):
     """An optimiser stopped before it converged (its loss still falling, its restarts disagreeing);
     the result carries the diagnostics (``res.stats["convergence"]``)."""
+
+
+class BatchError(ProbcompError, RuntimeError):
+    """A batch could not run: Ray missing or unreachable, an item that cannot be sent to a
+    worker, an item whose function failed (the message names it), a record file of another run."""
