@@ -201,3 +201,19 @@ def test_cli_runs_a_scene_file_over_a_data_set(local_ray, tmp_path, capsys):
     plain.write_text("import probcomp as pc\nscene = pc.Scene()\n")
     assert main(["run", str(plain), "--over", str(data)]) == 2
     assert "scene_for" in capsys.readouterr().err
+
+
+def test_a_record_file_of_other_engine_settings_is_refused(tmp_path):
+    """Resuming must not mix records: the engine's settings are part of the record file's config."""
+    from probcomp.batch.queries import engine_settings
+    from probcomp.batch.records import _append, read_records
+    from probcomp.inference import ReverseDiffusion
+
+    log = tmp_path / "records.jsonl"
+    a = {"engine": engine_settings(ReverseDiffusion(10)), "seed": 0}
+    _append(log, 0, {"x": 1.0}, a)
+    assert read_records(log, a) == {0: {"x": 1.0}}
+    b = {"engine": engine_settings(ReverseDiffusion(20)), "seed": 0}
+    assert a != b and engine_settings(ReverseDiffusion(10, "ddim"))["sampler"] == "ddim"
+    with pytest.raises(pc.ProbcompError, match="other settings"):
+        read_records(log, b)

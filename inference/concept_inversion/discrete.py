@@ -7,6 +7,7 @@ import math
 import torch
 
 from probcomp.compiled_inversion import Draws, State
+from probcomp.errors import NumericalError
 from probcomp.results import Result
 
 from .search import _Search
@@ -75,6 +76,12 @@ def enumerate_losses(s: _Search) -> torch.Tensor:
                 pred = pred + e.reshape(*shape, *e.shape[1:])
             err = (draw.eps - pred).square().flatten(len(sizes) + 1).mean(-1).mean(-1)
             total = total + err
+    if not bool(torch.isfinite(total).all()):  # a NaN configuration must not win the argmin
+        bad = int((~torch.isfinite(total)).sum())
+        raise NumericalError(
+            f"the denoising loss is not finite for {bad} of {total.numel()} configurations "
+            "(a factor returned NaN or inf for some condition value)"
+        )
     return total
 
 

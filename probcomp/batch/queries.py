@@ -86,7 +86,7 @@ def run(
     """
     query = _Query(engine, build, num_samples, int(seed), summarise)
     if config is None and log is not None:
-        config = {"engine": repr(type(engine).__name__), "seed": int(seed), "num_samples": num_samples}
+        config = {"engine": engine_settings(engine), "seed": int(seed), "num_samples": num_samples}
     items = list(enumerate(observations))
     return map_items(query, items, keys=keys, log=log, config=config, desc="observations", **options)
 
@@ -167,8 +167,10 @@ def run_scene_file(
     optimiser = not hasattr(engine, "levels_arg")  # concept inversion takes no sample count
     config = {
         "scene": p.name,
+        "scene_sha256": _sha256(p),
         "data": Path(data).name,
-        "engine": engine_name if ns.get("engine") is None else type(engine).__name__,
+        "data_sha256": _sha256(Path(data)),
+        "engine": engine_settings(engine),
         "samples": None if optimiser else samples,
         "steps": steps,
         "steps_per_level": steps_per_level,
@@ -192,3 +194,26 @@ def run_scene_file(
         "wall_time_s": round(time.perf_counter() - start, 3),
         "records": records,
     }
+
+
+def engine_settings(engine: Any) -> dict[str, Any]:
+    """The engine's class and its scalar settings (what a resumed run must share with the run
+    that wrote the record file)."""
+    plain = (bool, int, float, str, type(None))
+    out: dict[str, Any] = {"class": type(engine).__name__}
+    for k, v in sorted(vars(engine).items()):
+        if k.startswith("_") or callable(v):
+            continue
+        if isinstance(v, plain):
+            out[k] = v
+        elif isinstance(v, (tuple, list)) and all(isinstance(u, plain) for u in v):
+            out[k] = list(v)
+        elif isinstance(v, (torch.dtype, torch.device)):
+            out[k] = str(v)
+    return out
+
+
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
