@@ -47,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from probcomp import schedules as sched
-from probcomp.errors import DataError
+from probcomp.errors import DataError, first_line
 
 __all__ = ["TrainResult", "train"]
 
@@ -304,9 +304,9 @@ def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult) -> int:
                 "it is refused (probcomp.models.train writes tensors only; delete the file to start afresh)"
             ) from None
         detail = msg.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in msg else msg
-        raise DataError(f"{who}: not a readable training state ({_first_line(detail)})") from None
+        raise DataError(f"{who}: not a readable training state ({first_line(detail)})") from None
     except Exception as e:
-        raise DataError(f"{who}: not a readable torch file ({type(e).__name__}: {_first_line(e)})") from None
+        raise DataError(f"{who}: not a readable torch file ({type(e).__name__}: {first_line(e)})") from None
     missing = {"step", "model", "ema", "opt", "rng", "losses"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise DataError(f"{who}: it is not a probcomp training state (lacks {sorted(missing)})")
@@ -320,12 +320,6 @@ def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult) -> int:
         step = int(state["step"])
     except Exception as e:
         raise DataError(
-            f"{who}: it does not match this model and optimiser ({type(e).__name__}: {_first_line(e)})"
+            f"{who}: it does not match this model and optimiser ({type(e).__name__}: {first_line(e)})"
         ) from None
     return step
-
-
-def _first_line(e: BaseException | str) -> str:
-    """The first non-empty line of an exception's message, or of a message (torch's run to many lines)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return lines[0] if lines else ""

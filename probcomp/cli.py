@@ -16,11 +16,11 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from .errors import ProbcompError
+from .errors import ProbcompError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,24 +160,13 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress and not args.json,
     )
     out = query.summary(res)
-    failed = []  # the run is done: write every output that can be written, then report the others
-    if args.out:
-        try:
-            res.to_arviz().to_netcdf(args.out)
-            out["out"] = args.out
-        except Exception as e:
-            failed.append(f"--out {args.out!r}: {type(e).__name__}: {_first_line(e)}")
-    if args.png:
-        try:
-            fig = query.summary_figure(res)
-            if fig is not None:
-                import matplotlib.pyplot as plt
-
-                fig.savefig(args.png, dpi=110)
-                plt.close(fig)
-                out["png"] = args.png
-        except Exception as e:
-            failed.append(f"--png {args.png!r}: {type(e).__name__}: {_first_line(e)}")
+    failed: list[str] = []  # the run is done: write every output that can be written, then report the others
+    if args.out and _write(failed, "--out", args.out, lambda: res.to_arviz().to_netcdf(args.out)):
+        out["out"] = args.out
+    if args.png and _write(
+        failed, "--png", args.png, lambda: _save_figure(query.summary_figure(res), args.png)
+    ):
+        out["png"] = args.png
     if args.json:
         print(json.dumps(out, indent=1))
     else:
@@ -190,6 +179,26 @@ def _run(args: argparse.Namespace) -> int:
         print(f"probcomp: error: the run finished but could not write {'; '.join(failed)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _write(failed: list[str], option: str, path: str, write: Callable[[], Any]) -> bool:
+    """Run ``write``; on failure note it in ``failed`` (one line) instead of losing the other outputs."""
+    try:
+        write()
+    except Exception as e:
+        failed.append(f"{option} {path!r}: {type(e).__name__}: {first_line(e)}")
+        return False
+    return True
+
+
+def _save_figure(fig: Any, path: str) -> bool:
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _run_over(args: argparse.Namespace) -> int:
@@ -218,11 +227,6 @@ def _run_over(args: argparse.Namespace) -> int:
     else:
         print(f"{out['done']} of {out['items']} observations in {out['wall_time_s']} s")
     return 0
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _bench(name: str, extra: list[str]) -> int:

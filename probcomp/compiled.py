@@ -41,7 +41,7 @@ from . import ops
 from . import schedules as sched
 from .compose import Composite
 from .diagnostics import Diagnostics, finite_or_raise
-from .errors import FactorError, ProbcompError, SceneError, ShapeError
+from .errors import FactorError, ProbcompError, SceneError, ShapeError, first_line
 from .factors import ExplicitFactor, ScoreFactor
 from .scene import Scene
 from .terms import TERM_KINDS, EvaluationCounter, Target, Term, batch_key
@@ -300,7 +300,7 @@ class CompiledScene(EvaluationCounter, Diagnostics):
             raise
         except Exception as e:
             raise SceneError(
-                f"the observation function of {term.observable!r} raised {type(e).__name__}: {_first_line(e)}"
+                f"the observation function of {term.observable!r} raised {type(e).__name__}: {first_line(e)}"
             ) from e
 
     def evaluate(
@@ -323,7 +323,7 @@ class CompiledScene(EvaluationCounter, Diagnostics):
         except Exception as err:
             raise FactorError(
                 f"factor {factor.name!r} (observable {self._names(group)}) raised {type(err).__name__} "
-                f"at noise level t={self._level(t):.4g}: {_first_line(err)}"
+                f"at noise level t={self._level(t):.4g}: {first_line(err)}"
             ) from err
         self.calls += 1
         if id(factor) not in self._shapes_checked:
@@ -373,9 +373,3 @@ class CompiledScene(EvaluationCounter, Diagnostics):
             f"CompiledScene({len(self.shapes)} controls, {len(self.terms)} terms in "
             f"{len(self.groups)} batched calls, schedule={self.schedule!r})"
         )
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message (a one-line error; the exception stays chained)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""

@@ -7,6 +7,19 @@ noise level at fault.  The CLI prints them as one line and exits with code 2.
 
 from __future__ import annotations
 
+__all__ = [
+    "BatchError",
+    "ConvergenceWarning",
+    "DataError",
+    "FactorError",
+    "NumericalError",
+    "ProbcompError",
+    "SceneError",
+    "ScheduleError",
+    "ShapeError",
+    "first_line",
+]
+
 
 class ProbcompError(Exception):
     """Base class of every error probcomp raises on purpose."""
@@ -44,3 +57,10 @@ class ConvergenceWarning(UserWarning):
 class BatchError(ProbcompError, RuntimeError):
     """A batch could not run: Ray missing or unreachable, an item that cannot be sent to a
     worker, an item whose function failed (the message names it), a record file of another run."""
+
+
+def first_line(e: BaseException | str) -> str:
+    """The first non-empty line of an exception's message (or of a message): what a one-line
+    probcomp error quotes of a cause that runs to many lines (torch's do)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else ""

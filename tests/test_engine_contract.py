@@ -193,3 +193,13 @@ def test_kernel_log_ratio_of_a_ddpm_step_is_the_gaussian_density_ratio():
     fwd = torch.distributions.Normal(step.mean(x, g), c).log_prob(x1).sum(1)
     bwd = torch.distributions.Normal(math.sqrt(r) * x1, math.sqrt(1 - r)).log_prob(x).sum(1)
     torch.testing.assert_close(smc.kernel_log_ratio(step, x, x1, g), (bwd - fwd).double(), atol=1e-4, rtol=0)
+
+
+def test_import_probcomp_needs_none_of_the_optional_extras():
+    """diffusers, transformers, ray and sphinx are extras: the core import must not load them."""
+    code = (
+        "import sys, probcomp, probcomp.inference, probcomp.models\n"
+        "print(sorted(m for m in ('diffusers', 'transformers', 'ray', 'sphinx') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr

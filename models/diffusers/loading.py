@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probcomp.errors import DataError, FactorError
+from probcomp.errors import DataError, FactorError, first_line
 
 __all__ = ["Parts", "load_parts", "resolve_source"]
 
@@ -97,7 +97,7 @@ def _model(folder: Path, library: Any, *, allow_pickle: bool, dtype: Any, what: 
     try:
         return cls.from_pretrained(str(folder), **kw)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise DataError(f"from_diffusers: cannot load the {what} in {str(folder)!r}: {first}") from None
 
 
@@ -152,7 +152,7 @@ def load_parts(folder: Path, *, allow_pickle: bool = False, dtype: Any = None) -
                     str(folder / "tokenizer"), local_files_only=True
                 )
             except (OSError, ValueError, KeyError, TypeError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = first_line(e) or type(e).__name__
                 raise DataError(
                     f"from_diffusers: cannot load the tokenizer in {str(folder)!r}: {first}"
                 ) from None

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..errors import BatchError
+from ..errors import BatchError, first_line
 from .records import _append, _jsonable, _key, read_records
 
 
@@ -61,7 +61,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         raise
     except Exception as e:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = first_line(e)
         raise BatchError(
             f"cannot start or reach {where} ({type(e).__name__}: {msg}); start one with "
             "`ray start --head` or leave address unset to run on this machine"
@@ -73,7 +73,7 @@ def _check_pickle(ray: Any, what: str, obj: Any) -> None:
     try:
         ray.cloudpickle.dumps(obj)
     except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = first_line(e)
         raise BatchError(
             f"{what} cannot be pickled for a worker ({type(e).__name__}: {msg}); build what cannot be "
             "pickled (open files, locks, generators, live connections) inside the function, or define "
@@ -96,7 +96,7 @@ def _failure(ray: Any, key: Any, e: BaseException, retries: int) -> BatchError:
             f"item {key!r}: its worker died {retries + 1} times (out of memory? a crash in native code?); "
             "the records finished so far are kept: rerun to resume"
         )
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    msg = first_line(e)
     return BatchError(f"item {key!r} failed: {type(e).__name__}: {msg}")
 
 

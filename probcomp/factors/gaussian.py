@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .. import schedules as sched
-from ..errors import FactorError
+from ..errors import FactorError, first_line
 from .base import ScoreFactor, as_time, check_event, event_shape_of
 
 __all__ = ["Gaussian", "GaussianMixture", "exact_product"]
@@ -43,7 +43,7 @@ def _numeric(v: Any, who: str, what: str) -> torch.Tensor:
     except (TypeError, ValueError, RuntimeError) as e:
         raise FactorError(
             f"{who}: {what} must be a rectangular array of numbers (a tensor, array or nested list of "
-            f"equal lengths), got {type(v).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f"equal lengths), got {type(v).__name__}: {first_line(e)}"
         ) from None
     if t.dtype == torch.bool or t.is_complex():
         raise FactorError(f"{who}: {what} must be real numbers, got dtype {t.dtype}")
