@@ -67,7 +67,7 @@ from probcomp.scene import Scene
 from probcomp.validation import check_count, check_positive, check_seed
 
 from . import smc
-from .annealed_transitions import LevelTransitions
+from .annealed_transitions import LevelTransitions, check_weights
 from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
 from .kernels import (
     ADJUSTED,
@@ -296,6 +296,13 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         state = kernel.init(x, target, float(self.ts[0]), gen)
         log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
         log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
+        if self.resample:  # the particles start from N(0, I), not from pi_{t_0}
+            t0 = float(self.ts[0])
+            log_w += smc.initial_log_weight(
+                lambda v: target(v, t0)[0], state.x, state.grad, state.log_p, self.trapezoid_points
+            )
+            where = f"at the first level t={t0:.4g}"
+            comm.together(lambda: check_weights(log_w, where), f"in the weights {where}")
         acc_level = torch.zeros(self.num_levels, n, dtype=self.dtype)
         rec = LevelRecords("step_size", "accept", "ess", "nfe_per_level", "resampled")
         start = time.perf_counter()

@@ -28,7 +28,7 @@ from .steps import Packer, ReverseStep
 if TYPE_CHECKING:
     from probcomp import schedules as sched
 
-__all__ = ["LevelTransitions"]
+__all__ = ["LevelTransitions", "check_weights"]
 
 
 class LevelTransitions:
@@ -95,7 +95,8 @@ class LevelTransitions:
             moved = state.moved(new, g_new, logp_new)
             if self.resample:
                 log_w += self._increment(compiled, packer, target, step, state, moved, t, s)
-                comm.together(lambda: _check_weights(log_w, t, s), f"in the weights from level t={t:.4g}")
+                where = f"from level t={t:.4g} to {s:.4g}"
+                comm.together(lambda: check_weights(log_w, where), f"in the weights {where}")
             state = moved
         else:
             state = state.moved(new, state.grad, state.log_p)
@@ -158,12 +159,12 @@ class LevelTransitions:
         return d_logp + smc.kernel_log_ratio(step, x, x1, old.grad)
 
 
-def _check_weights(log_w: torch.Tensor, t: float, s: float) -> None:
+def check_weights(log_w: torch.Tensor, where: str) -> None:
     """Refuse log-weights that resampling cannot use: NaN (a NaN energy or ``-inf - -inf``), or
-    all ``-inf`` (every particle outside the support of the target)."""
+    all ``-inf`` (every particle outside the support of the target); ``where`` names the step."""
     if bool(torch.isnan(log_w).any()) or not bool(torch.isfinite(log_w).any()):
         raise NumericalError(
-            f"the SMC weights from level t={t:.4g} to {s:.4g} are NaN or all -inf: a factor's energy "
+            f"the SMC weights {where} are NaN or all -inf: a factor's energy "
             "is not finite where the particles are (a hard constraint at t > 0?); use resample=None "
             "or a smooth density"
         )

@@ -38,6 +38,7 @@ __all__ = [
     "ais_increment",
     "energy_change",
     "ess",
+    "initial_log_weight",
     "kernel_log_ratio",
     "line_integral",
     "log_snr_derivative",
@@ -136,6 +137,29 @@ def line_integral(
     if dtype is not None:
         total = total.to(dtype)
     return total / (points - 1)
+
+
+def initial_log_weight(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    g: torch.Tensor,
+    log_p: torch.Tensor | None,
+    points: int,
+) -> torch.Tensor:
+    r"""``log pi_{t_0}(x) - log N(x; 0, I)`` of particles drawn from ``N(0, I)`` (float64, up to a constant).
+
+    The first importance weight of SMC (Del Moral, Doucet & Jasra 2006, Eq. 6): the particles
+    start from the standard normal, not from the target of the first level, which for a
+    product of ``K`` factors is closer to ``N(0, I / K)``.  With ``log_p`` (energies) it is exact;
+    from scores alone ``log pi(x) - log pi(0)`` is the score's line integral from the origin
+    (:func:`line_integral` on ``points`` points), the constant ``log pi(0)`` being shared by all
+    particles.
+    """
+    half_sq = x.double().square().sum(1) / 2
+    if log_p is not None:
+        return log_p.double() + half_sq
+    zero = torch.zeros_like(x)
+    return line_integral(score, zero, x, score(zero), g, points, dtype=torch.float64) + half_sq
 
 
 def kernel_log_ratio(step: ReverseStep, x: torch.Tensor, x1: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

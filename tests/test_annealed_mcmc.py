@@ -284,3 +284,40 @@ def test_a_nan_score_stops_the_run_and_names_the_factor(kernel):
         AnnealedMCMC(kernel, 2, 10, metropolis="score" if kernel == "hmc" else None).run(
             _scene(_Broken()), 20
         )
+
+
+def test_the_first_smc_weight_turns_standard_normal_draws_into_the_first_level_target():
+    """Particles start from N(0, I); ``initial_log_weight`` reweights them to pi_{t_0}: with
+    energies exactly, from scores alone by the line integral from the origin (exact for a
+    Gaussian, whose score is linear), and the self-normalised variance is the target's."""
+    from probcomp.inference import smc
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, 3, generator=g, dtype=torch.float64)
+    var = torch.tensor([0.5, 0.25, 0.8], dtype=torch.float64)  # pi = N(0, diag(var))
+    score = lambda v: -v / var  # noqa: E731
+    log_p = -(x.square() / (2 * var)).sum(1)
+    exact = smc.initial_log_weight(score, x, score(x), log_p, 3)
+    lines = smc.initial_log_weight(score, x, score(x), None, 2)
+    assert torch.allclose(exact - exact.mean(), lines - lines.mean(), atol=1e-9)
+    w = torch.softmax(exact, 0)
+    assert torch.allclose((w[:, None] * x.square()).sum(0), var, rtol=0.03)
+
+
+def test_annealed_smc_weights_its_first_draws():
+    """With energies the engine's first weights are log pi_{t_0}(x) + |x|^2 / 2: with no move
+    and ``ess_threshold = 0`` the final weights are exactly that plus the AIS ratios, so a
+    one-level run returns them alone (before the last denoising step, which adds nothing)."""
+    from probcomp.inference import smc
+
+    fa, fb = Gaussian([0.5, 0.0], [0.3, 0.3], name="a"), Gaussian([-0.5, 0.0], [0.3, 0.3], name="b")
+    sc = _scene(fa, fb)
+    eng = AnnealedMCMC("ula", 0, 1, resample="ess", ess_threshold=0.0, final_resample=False)
+    res = eng.run(sc, 64, seed=3)
+    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    t0 = float(eng.ts[0])
+    log_p = fa.log_prob_t(x0, t0) + fb.log_prob_t(x0, t0)
+    want = smc.initial_log_weight(lambda v: v, x0, x0, log_p, 2)
+    got = res.particle_stats["log_weight"]
+    assert torch.allclose(got - got.mean(), want - want.mean(), atol=1e-5)
+    assert float(want.std()) > 0.1  # the weights differ between particles

@@ -10,7 +10,10 @@ weight or counter.  Regenerate only for an intended change of numerics, with
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pyro.distributions as dist
@@ -150,6 +153,13 @@ def _record() -> dict[str, torch.Tensor]:
     return out
 
 
+#: the engines' floating point made independent of the CPU: ATen's portable kernels instead of
+#: the AVX2 / AVX-512 ones the machine would pick (they round transcendental functions and
+#: reductions differently in the last bit), MKL's conditional-numerical-reproducibility mode,
+#: and one thread
+PORTABLE = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"}
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit-equal, with NaN (a pruned restart's trace) equal to NaN."""
     if a.dtype != b.dtype or a.shape != b.shape:
@@ -159,14 +169,17 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
+def _record_portably(path: Path) -> None:
+    """Record the pins into ``path`` in a fresh interpreter with :data:`PORTABLE` set."""
+    env = {**os.environ, **PORTABLE}
+    subprocess.run([sys.executable, __file__, "--record", str(path)], check=True, env=env, timeout=600)
+
+
 @pytest.fixture(scope="module")
-def recorded():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _record()
-    finally:
-        torch.set_num_threads(threads)
+def recorded(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pins") / "recorded.safetensors"
+    _record_portably(path)
+    return load_file(path)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -178,9 +191,13 @@ def test_every_engine_reproduces_its_pinned_output_bit_for_bit(recorded):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--write"]:
+    if sys.argv[1:2] == ["--record"] and len(sys.argv) == 3:
+        torch.set_num_threads(1)
+        warnings.simplefilter("ignore")
+        save_file(_record(), sys.argv[2])
+    elif sys.argv[1:] == ["--write"]:
+        PINS.parent.mkdir(exist_ok=True)
+        _record_portably(PINS)
+        print(f"wrote {PINS}")
+    else:
         raise SystemExit("usage: python tests/test_engine_pins.py --write")
-    torch.set_num_threads(1)
-    PINS.parent.mkdir(exist_ok=True)
-    save_file(_record(), str(PINS))
-    print(f"wrote {PINS}")
