@@ -134,6 +134,7 @@ class DiffusionOptions(EngineOptions, total=False):
     schedule: sched.Schedule | None
     t_max: float
     t_min: float
+    spacing: str
     group: bool
     max_abs: float | None
 
@@ -208,8 +209,10 @@ class DiffusionEngine(Engine):
     Args:
         levels: number of noisy levels (the grid has ``levels + 1`` times, the last 0).
         schedule: the engine's noise schedule (factors are matched to it by log-SNR).
-        t_max, t_min: the noisy levels are uniform from ``t_max`` to ``t_min``, then a last
-            step to 0 (:func:`probcomp.schedules.time_grid`; ``t_min = 0``: uniform to 0).
+        t_max, t_min: the noisy levels run from ``t_max`` to ``t_min``, then a last step to 0
+            (:func:`probcomp.schedules.time_grid`; ``t_min = 0``: uniform to 0).
+        spacing: ``"uniform"`` in ``t`` or ``"log-snr"`` (uniform in the schedule's log-SNR;
+            :func:`probcomp.schedules.time_grid`).
         group: evaluate observables that share a factor in one batched call.
         max_abs: the runaway guard: a particle with an entry beyond it stops the run with a
             :class:`~probcomp.NumericalError` naming the level and the factor whose score
@@ -231,6 +234,7 @@ class DiffusionEngine(Engine):
         schedule: sched.Schedule | None = None,
         t_max: float = 1.0,
         t_min: float = sched.DEFAULT_T_MIN,
+        spacing: str = "uniform",
         group: bool = True,
         max_abs: float | None = MAX_ABS,
         dtype: torch.dtype = torch.float32,
@@ -244,8 +248,9 @@ class DiffusionEngine(Engine):
         if schedule is not None and not isinstance(schedule, sched.Schedule):
             raise ScheduleError(f"{self.label}: schedule must be a probcomp Schedule, got {schedule!r}")
         t_max, t_min = check_positive("t_max", t_max), check_positive("t_min", t_min, allow_zero=True)
-        self.ts = sched.time_grid(levels, t_max=t_max, t_min=t_min)
         self.schedule = schedule if schedule is not None else sched.linear()
+        self.spacing = spacing
+        self.ts = sched.time_grid(levels, t_max=t_max, t_min=t_min, spacing=spacing, schedule=self.schedule)
         self.group = group
 
     @property

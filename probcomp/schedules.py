@@ -33,6 +33,7 @@ TimeLike = float | torch.Tensor
 
 __all__ = [
     "DEFAULT_T_MIN",
+    "SPACINGS",
     "CosineSchedule",
     "DiscreteSchedule",
     "LinearSchedule",
@@ -291,18 +292,47 @@ every mode (to std 0.017 there); ending the noisy levels at ``1e-3`` (``sigma ~ 
 keeps the width."""
 
 
-def time_grid(steps: int, *, t_max: float = 1.0, t_min: float = DEFAULT_T_MIN) -> torch.Tensor:
-    """``steps + 1`` descending times: ``steps`` noisy levels, then 0.
+SPACINGS = ("uniform", "log-snr")
+"""How :func:`time_grid` places the noisy levels between ``t_max`` and ``t_min``."""
 
-    With ``t_min > 0`` the levels are uniform in ``t`` from ``t_max`` to ``t_min`` and the
-    last step goes from ``t_min`` to 0 (Tweedie's denoised estimate); with ``t_min = 0``
-    the grid is uniform from ``t_max`` to 0 (the last level is ``t_max / steps``).
+
+def time_grid(
+    steps: int,
+    *,
+    t_max: float = 1.0,
+    t_min: float = DEFAULT_T_MIN,
+    spacing: str = "uniform",
+    schedule: Schedule | None = None,
+) -> torch.Tensor:
+    r"""``steps + 1`` descending times: ``steps`` noisy levels, then 0.
+
+    With ``t_min > 0`` the levels run from ``t_max`` to ``t_min`` and the last step goes from
+    ``t_min`` to 0 (Tweedie's denoised estimate); with ``t_min = 0`` the grid is uniform from
+    ``t_max`` to 0 (the last level is ``t_max / steps``).  ``spacing`` places the levels:
+
+    * ``"uniform"`` -- uniform in ``t`` (the DDPM grid);
+    * ``"log-snr"`` -- uniform in the log-SNR ``lambda(t)`` of ``schedule`` (default
+      :func:`linear`), so that every level changes the noise by the same factor
+      ``sigma^2 / alpha^2``.  A uniform grid in ``t`` spends its levels at high noise and
+      makes the last intervals the widest in ``lambda``; annealed importance weights, whose
+      variance grows with each interval's change of the target (Neal 2001, Sec. 3), need
+      the opposite, and at a few dozen levels this spacing keeps them usable.
     """
     if steps < 1:
         raise ScheduleError(f"need at least one step, got steps={steps}")
     if not (0.0 <= t_min < 1.0 and 0.0 < t_max <= 1.0) or (steps > 1 and t_min >= t_max):
         raise ScheduleError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if spacing not in SPACINGS:
+        raise ScheduleError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if spacing == "log-snr" and t_min == 0.0 and steps > 1:
+        raise ScheduleError("spacing='log-snr' needs t_min > 0 (the log-SNR is infinite at t = 0)")
     if t_min == 0.0 or steps == 1:  # (one step: straight from t_max to 0)
         return torch.linspace(t_max, 0.0, steps + 1, dtype=torch.float64)
-    levels = torch.linspace(t_max, t_min, steps, dtype=torch.float64)
+    if spacing == "log-snr":
+        sch = schedule if schedule is not None else linear()
+        lam = torch.linspace(float(sch.log_snr(t_max)), float(sch.log_snr(t_min)), steps, dtype=torch.float64)
+        levels = sch.t_of_log_snr(lam).to(torch.float64)
+        levels[0], levels[-1] = t_max, t_min  # exact ends, whatever the inverse's round-off
+    else:
+        levels = torch.linspace(t_max, t_min, steps, dtype=torch.float64)
     return torch.cat([levels, levels.new_zeros(1)])

@@ -81,3 +81,27 @@ def test_bad_schedules():
         sched.discrete([0.5, 0.9])
     with pytest.raises(pc.ScheduleError):
         sched.time_grid(0)
+
+
+@pytest.mark.parametrize("schedule", [sched.linear(), sched.cosine()])
+def test_log_snr_spacing_takes_equal_steps_in_log_snr(schedule):
+    ts = sched.time_grid(12, t_min=1e-3, spacing="log-snr", schedule=schedule)
+    assert ts.shape == (13,) and float(ts[0]) == 1.0 and float(ts[-2]) == 1e-3 and float(ts[-1]) == 0.0
+    lam = schedule.log_snr(ts[:-1]).to(torch.float64)
+    steps = lam.diff()
+    assert bool((steps > 0).all()) and torch.allclose(steps, steps.mean().expand_as(steps), rtol=1e-6)
+    # the uniform grid's last interval is the widest in log-SNR, several times the even step
+    uni = schedule.log_snr(sched.time_grid(12, t_min=1e-3)[:-1]).diff()
+    assert float(uni[-1]) == float(uni.max()) > 3 * float(steps.mean())
+
+
+def test_bad_spacings_are_refused_by_name():
+    with pytest.raises(pc.ScheduleError, match="spacing must be one of"):
+        sched.time_grid(10, spacing="geometric")
+    with pytest.raises(pc.ScheduleError, match="needs t_min > 0"):
+        sched.time_grid(10, t_min=0.0, spacing="log-snr")
+    from probcomp.inference import AnnealedMCMC
+
+    with pytest.raises(pc.ScheduleError, match="spacing"):
+        AnnealedMCMC(spacing="log")
+    assert AnnealedMCMC(levels=5, spacing="log-snr").ts.shape == (6,)
