@@ -19,6 +19,7 @@ from . import kernels, smc
 from .annealed_mcmc import AnnealedMCMC
 from .base import DiffusionEngine, Engine, Level, LevelInfo, engine_names, make_engine, register
 from .concept_inversion import ConceptInversion
+from .lift import LiftRejection, estimate_lifts, exact_lifts, lift_filter
 from .per_step_em import PerStepEM
 from .reverse_diffusion import ReverseDiffusion
 
@@ -29,10 +30,14 @@ __all__ = [
     "Engine",
     "Level",
     "LevelInfo",
+    "LiftRejection",
     "PerStepEM",
     "ReverseDiffusion",
     "engine_names",
+    "estimate_lifts",
+    "exact_lifts",
     "kernels",
+    "lift_filter",
     "make_engine",
     "register",
     "smc",
