@@ -42,6 +42,7 @@ __all__ = [
     "kernel_log_ratio",
     "line_integral",
     "log_snr_derivative",
+    "matched_precision",
     "multinomial",
     "resample",
     "stratified",
@@ -139,23 +140,40 @@ def line_integral(
     return total / (points - 1)
 
 
+def matched_precision(
+    x: torch.Tensor, g: torch.Tensor, *, lo: float = 0.1, hi: float = 100.0
+) -> torch.Tensor:
+    r"""Per-coordinate precision of a Gaussian matched to ``pi``, from standard-normal draws.
+
+    For ``x ~ N(0, I)`` Stein's lemma gives ``E[-x_d \partial_d \log\pi(x)] =
+    E[-\partial^2_{dd} \log\pi(x)]``, the mean curvature of ``-log pi`` along coordinate ``d``
+    (exactly the precision when ``pi`` is Gaussian); it is estimated by the particles' average
+    of ``-x_d g_d`` (``g`` their scores) and clamped to ``[lo, hi]``.  A product of ``K`` noised
+    factors at high noise is close to ``N(0, I / K)``, so ``N(0, I)`` draws would give
+    importance weights whose variance grows with the dimension; drawing from
+    ``N(0, diag(1 / P))`` instead keeps them usable.  Returns float64 ``(D,)``.
+    """
+    return (-(x.double() * g.double()).mean(0)).clamp(lo, hi)
+
+
 def initial_log_weight(
     score: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     g: torch.Tensor,
     log_p: torch.Tensor | None,
     points: int,
+    precision: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""``log pi_{t_0}(x) - log N(x; 0, I)`` of particles drawn from ``N(0, I)`` (float64, up to a constant).
+    r"""``log pi_{t_0}(x) - log N(x; 0, diag(1 / P))`` of the first draws (float64, up to a constant).
 
     The first importance weight of SMC (Del Moral, Doucet & Jasra 2006, Eq. 6): the particles
-    start from the standard normal, not from the target of the first level, which for a
-    product of ``K`` factors is closer to ``N(0, I / K)``.  With ``log_p`` (energies) it is exact;
-    from scores alone ``log pi(x) - log pi(0)`` is the score's line integral from the origin
-    (:func:`line_integral` on ``points`` points), the constant ``log pi(0)`` being shared by all
-    particles.
+    start from a Gaussian with precision ``P`` (``precision``; default the identity), not from the
+    target of the first level.  With ``log_p`` (energies) it is exact; from scores alone
+    ``log pi(x) - log pi(0)`` is the score's line integral from the origin (:func:`line_integral`
+    on ``points`` points), the constant ``log pi(0)`` being shared by all particles.
     """
-    half_sq = x.double().square().sum(1) / 2
+    sq = x.double().square()
+    half_sq = (sq if precision is None else sq * precision).sum(1) / 2
     if log_p is not None:
         return log_p.double() + half_sq
     zero = torch.zeros_like(x)

@@ -305,19 +305,21 @@ def test_the_first_smc_weight_turns_standard_normal_draws_into_the_first_level_t
 
 
 def test_annealed_smc_weights_its_first_draws():
-    """With energies the engine's first weights are log pi_{t_0}(x) + |x|^2 / 2: with no move
-    and ``ess_threshold = 0`` the final weights are exactly that plus the AIS ratios, so a
-    one-level run returns them alone (before the last denoising step, which adds nothing)."""
+    """The engine draws its first particles from the Gaussian of :func:`smc.matched_precision`
+    and weights them by ``log pi_{t_0}(x) + x^T P x / 2``: with no move and ``ess_threshold = 0``
+    a one-level run returns exactly those weights (the last denoising step adds nothing)."""
     from probcomp.inference import smc
 
     fa, fb = Gaussian([0.5, 0.0], [0.3, 0.3], name="a"), Gaussian([-0.5, 0.0], [0.3, 0.3], name="b")
-    sc = _scene(fa, fb)
     eng = AnnealedMCMC("ula", 0, 1, resample="ess", ess_threshold=0.0, final_resample=False)
-    res = eng.run(sc, 64, seed=3)
-    x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    res = eng.run(_scene(fa, fb), 64, seed=3)
     t0 = float(eng.ts[0])
+    z = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    precision = smc.matched_precision(z, fa.score(z, t0) + fb.score(z, t0))
+    assert bool(((precision > 1.4) & (precision < 2.6)).all()), precision  # two factors: about 2
+    x0 = z / precision.sqrt().float()
     log_p = fa.log_prob_t(x0, t0) + fb.log_prob_t(x0, t0)
-    want = smc.initial_log_weight(lambda v: v, x0, x0, log_p, 2)
+    want = smc.initial_log_weight(lambda v: v, x0, x0, log_p, 2, precision)
     got = res.particle_stats["log_weight"]
     assert torch.allclose(got - got.mean(), want - want.mean(), atol=1e-5)
-    assert float(want.std()) > 0.1  # the weights differ between particles
+    assert float(want.std()) > 0.01  # the weights differ between particles

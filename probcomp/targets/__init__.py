@@ -17,6 +17,8 @@ independent samples and ``log_prob(x)`` is the exact *normalised* log-density
 * :func:`box_negation` -- "box-0.7 NOT box-0.3": uniform on the square frame
   ``box_0.7 \ box_0.3``.
 * :func:`spread_bar` and :func:`mixture` -- the building blocks.
+* :mod:`probcomp.targets.products` -- products of analytic Gaussian-mixture factors in 2, 3
+  and 8 dimensions, with their modes' exact weights (the cost-accuracy frontier's targets).
 
 All samplers take a ``torch.Generator``: same seed, same samples.  Computations run in
 float64; samples come back in the default dtype, log-densities in the dtype of ``x``.
@@ -25,7 +27,7 @@ The machinery lives in :mod:`probcomp.targets.exact`, the concrete targets in
 :mod:`probcomp.targets.benchmarks`; everything is re-exported here.
 """
 
-from . import benchmarks, exact
+from . import benchmarks, exact, products
 from .benchmarks import (
     BAR_BOX,
     analytic_ring_bar,
@@ -42,16 +44,19 @@ from .exact import (
     mixture_times_boxes,
     truncated_normal,
 )
+from .products import MixtureProduct
 
 __all__ = [
     "BAR_BOX",
     "ExactTarget",
+    "MixtureProduct",
     "ProductTarget",
     "analytic_ring_bar",
     "bar_mixture",
     "box_negation",
     "mixture",
     "mixture_times_boxes",
+    "products",
     "ring_bar_product",
     "ring_means",
     "spread_bar",
