@@ -296,10 +296,13 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         state = kernel.init(x, target, float(self.ts[0]), gen)
         log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
         log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
-        if self.resample:  # the particles start from N(0, I), not from pi_{t_0}
+        if self.resample:  # start from a Gaussian matched to pi_{t_0}, weighted to it
             t0 = float(self.ts[0])
+            precision = smc.matched_precision(comm.gather(x, n_all), comm.gather(state.grad, n_all))
+            x = x / precision.sqrt().to(x.dtype)
+            state = state.moved(x, *target(x, t0))
             log_w += smc.initial_log_weight(
-                lambda v: target(v, t0)[0], state.x, state.grad, state.log_p, self.trapezoid_points
+                lambda v: target(v, t0)[0], state.x, state.grad, state.log_p, self.trapezoid_points, precision
             )
             where = f"at the first level t={t0:.4g}"
             comm.together(lambda: check_weights(log_w, where), f"in the weights {where}")
