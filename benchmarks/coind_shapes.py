@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,25 +80,26 @@ def train_model(lam: float, steps: int, cache: Path, seed: int, size: int) -> An
 
 
 class Classifier(nn.Module):
-    """A small CNN with a shape head and a colour head (the seed's multi-head classifier)."""
+    """A small CNN with one linear head per attribute: by default a shape head and a colour head
+    (the seed's multi-head classifier, App. A.2); ``heads=(3,)`` gives a shape-only one."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, heads: Sequence[int] = (3, 3)) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(3, 16, 3, 2, 1), nn.SiLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.SiLU(),
             nn.Conv2d(32, 32, 3, 2, 1), nn.SiLU(), nn.Flatten(),
             nn.Linear(32 * (size // 8) ** 2, 64), nn.SiLU(),
         )  # fmt: skip
-        self.head = nn.Linear(64, 6)
+        self.heads = tuple(heads)
+        self.head = nn.Linear(64, sum(self.heads))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.head(self.body(x))
-        return z[:, :3], z[:, 3:]
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.head(self.body(x)).split(self.heads, 1))
 
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():
-            s, c = self(x.clamp(-1, 1))
-        return s.argmax(1), c.argmax(1)
+            logits = self(x.clamp(-1, 1))
+        return tuple(z.argmax(1) for z in logits)
 
 
 def train_classifier(steps: int, seed: int, size: int) -> tuple[Classifier, dict[str, float]]:
@@ -134,24 +136,46 @@ def jsd_bits(model: Any, n: int, seed: int, size: int, draws: int = 5) -> float:
     return round(pc.metrics.ci_violation(model, x, draws=draws, generator=g)["mean"], 5)
 
 
+def composed_factor(
+    model: Any, how: str, values: dict[str, int], reference: dict[str, int], guidance: float = 1.0
+) -> Any:
+    """The score of the combination ``values`` asked for ``how``, ``s_c``.
+
+    ``label``: the network's own joint condition; ``marginals``: Eq. 1 of Gaudi et al.
+    2025, ``sum_i s(c_i) - (n - 1) s(null)``; ``joints``: their App. E.1, seen joints around
+    ``reference``.  With ``guidance`` ``w != 1``, ``s_null + w (s_c - s_null)`` (Ho & Salimans 2022).
+    """
+    if how == "label":
+        factor = model.condition(**values)
+    else:
+        factor = compose.attributes(model, values, reference=reference if how == "joints" else None)
+    return factor if guidance == 1.0 else compose.guidance(factor, model, guidance - 1.0)
+
+
 def factor_for(model: Any, how: str, shape: int, color: int, guidance: float = 1.0) -> Any:
     """The score asked for, ``s_c``; with ``guidance`` ``w != 1``, ``s_null + w (s_c - s_null)``."""
-    if how == "label":
-        factor = model.condition(shape=shape, color=color)
-    else:
-        values = {"shape": shape, "color": color}
-        factor = compose.attributes(model, values, reference=REFERENCE if how == "joints" else None)
-    return factor if guidance == 1.0 else compose.guidance(factor, model, guidance - 1.0)
+    return composed_factor(model, how, {"shape": shape, "color": color}, REFERENCE, guidance)
+
+
+def draw(
+    factor: Any,
+    event_shape: tuple[int, ...],
+    n: int,
+    steps: int,
+    seed: int,
+    clip: tuple[float, float] | None = (-1.0, 1.0),
+) -> tuple[torch.Tensor, dict]:
+    """``n`` DDPM samples of ``factor`` (``steps`` levels, ``x0`` clipped to ``clip``) and their cost."""
+    scene = pc.Scene()
+    scene.observe("y", scene.control("x", event_shape), factor=factor)
+    res = ReverseDiffusion(steps=steps, clip_x0=clip).run(scene, n, seed=seed)
+    return res["x"], {"nfe": res.stats["nfe_total"], "seconds": round(res.stats["wall_time"], 1)}
 
 
 def generate(
     model: Any, how: str, combo: tuple[int, int], n: int, steps: int, seed: int, guidance: float = 1.0
 ) -> tuple[Any, dict]:
-    scene = pc.Scene()
-    factor = factor_for(model, how, *combo, guidance=guidance)
-    scene.observe("y", scene.control("x", model.event_shape), factor=factor)
-    res = ReverseDiffusion(steps=steps, clip_x0=(-1.0, 1.0)).run(scene, n, seed=seed)
-    return res["x"], {"nfe": res.stats["nfe_total"], "seconds": round(res.stats["wall_time"], 1)}
+    return draw(factor_for(model, how, *combo, guidance=guidance), model.event_shape, n, steps, seed)
 
 
 def _draw(model: Any, how: str, combo: tuple[int, int], args: argparse.Namespace) -> tuple[Any, dict]:

@@ -14,6 +14,9 @@ All functions accept torch tensors or numpy arrays of shape ``(n, *event)``
 * :func:`mode_weights`, :func:`mode_coverage` -- mass per mode of a mixture target.
 * :func:`ci_violation` -- how far a conditional diffusion model's implicit classifier is
   from conditional independence of its attributes (COIND App. A.1, Eq. 17), in bits.
+* :func:`group_accuracies`, :func:`balanced_accuracy`, :func:`worst_group_accuracy` -- a
+  classifier's accuracy per group, per class averaged, and on its worst group (the
+  subpopulation-shift metrics of Sagawa et al. 2019 and COIND Table 3).
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .errors import FactorError, ShapeError
+from .errors import DataError, FactorError, ShapeError
 
 __all__ = [
+    "balanced_accuracy",
     "ci_violation",
+    "group_accuracies",
     "histogram2d",
     "js_hist",
     "kl_hist",
@@ -40,6 +45,7 @@ __all__ = [
     "mode_weights",
     "sliced_w2",
     "w2",
+    "worst_group_accuracy",
 ]
 
 
@@ -343,3 +349,100 @@ def ci_violation(
             out[f"{a},{b}"] = float(_jsd_bits(torch.softmax(-joint, 1), product).mean())
     out["mean"] = sum(out.values()) / len(out)
     return out
+
+
+# ---------------------------------------------------------------- group accuracies
+
+
+def _labels(v: Any, who: str) -> torch.Tensor:
+    """Integer labels ``(n,)``, or group rows ``(n, k)`` where ``who`` allows it, as an int64 tensor."""
+    t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().cpu()
+    if t.dtype == torch.bool:
+        t = t.long()
+    if t.is_floating_point() or t.is_complex() or t.dtype not in (
+        torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    ):  # fmt: skip
+        raise DataError(
+            f"{who} must be integer class indices, got dtype {t.dtype} (pass labels, not scores or logits)"
+        )
+    return t.long()
+
+
+def _prepared(
+    y_true: Any, y_pred: Any, groups: Any | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    if t.ndim != 1 or p.ndim != 1:
+        raise ShapeError(f"y_true and y_pred must be 1-D, got shapes {tuple(t.shape)} and {tuple(p.shape)}")
+    if t.shape[0] == 0:
+        raise ShapeError("y_true is empty: an accuracy needs at least one example")
+    if p.shape[0] != t.shape[0]:
+        raise ShapeError(f"y_true has {t.shape[0]} labels but y_pred has {p.shape[0]}")
+    if groups is None:
+        return t, p, None
+    g = _labels(groups, "groups")
+    if g.ndim == 1:
+        g = g[:, None]
+    if g.ndim != 2 or g.shape[0] != t.shape[0]:
+        raise ShapeError(
+            f"groups must be (n,) or (n, k) with n = {t.shape[0]} (one group per label), got {tuple(g.shape)}"
+        )
+    return t, p, g
+
+
+def _key(row: torch.Tensor) -> int | tuple[int, ...]:
+    values = tuple(int(v) for v in row)
+    return values[0] if len(values) == 1 else values
+
+
+def group_accuracies(
+    y_true: Any, y_pred: Any, groups: Any, expected: Sequence[Any] | None = None
+) -> dict[Any, float]:
+    r"""Accuracy of ``y_pred`` within each group: ``acc_g = |{i in g : yhat_i = y_i}| / |g|``.
+
+    ``y_true`` and ``y_pred`` are integer labels ``(n,)``; ``groups`` is ``(n,)`` (one group
+    id per example) or ``(n, k)`` (one tuple per example, e.g. the attribute combination
+    ``(shape, colour)`` of Sagawa et al. 2019's groups).  Keys are the group ids (ints) or
+    tuples, sorted.  With ``expected`` every listed group must occur (a :class:`DataError`
+    names the ones with no examples, whose accuracy is undefined) and the result holds
+    exactly those groups, in that order; without it, the groups present.
+    """
+    t, p, g = _prepared(y_true, y_pred, groups)
+    assert g is not None
+    ok = (t == p).to(torch.float64)
+    keys, inverse = torch.unique(g, dim=0, return_inverse=True)
+    acc = torch.zeros(len(keys), dtype=torch.float64).index_add_(0, inverse, ok)
+    acc /= torch.bincount(inverse, minlength=len(keys)).to(torch.float64)
+    found = {_key(k): float(a) for k, a in zip(keys, acc, strict=True)}
+    if expected is None:
+        return found
+    want = [w if isinstance(w, int) else tuple(int(v) for v in w) for w in expected]
+    if not want:
+        raise DataError("group_accuracies: expected lists no group")
+    missing = [w for w in want if w not in found]
+    if missing:
+        raise DataError(f"group(s) {missing} have no examples: their accuracy is undefined")
+    return {w: found[w] for w in want}
+
+
+def balanced_accuracy(y_true: Any, y_pred: Any) -> float:
+    r"""Mean per-class recall: ``(1 / |K|) sum_{k in K} |{i : y_i = k, yhat_i = k}| / |{i : y_i = k}|``.
+
+    ``K`` is the set of classes present in ``y_true`` (Brodersen et al. 2010; the "balanced
+    accuracy" of COIND's Table 3 and of scikit-learn's ``balanced_accuracy_score``): equal
+    to the accuracy when the classes are equally frequent, and ``1 / |K|`` for a constant
+    guess however imbalanced the classes are.
+    """
+    t, p, _ = _prepared(y_true, y_pred)
+    return float(sum(group_accuracies(t, p, t).values()) / len(torch.unique(t)))
+
+
+def worst_group_accuracy(
+    y_true: Any, y_pred: Any, groups: Any, expected: Sequence[Any] | None = None
+) -> float:
+    r"""The lowest per-group accuracy, ``min_g acc_g`` (Sagawa et al. 2019, "worst-group accuracy").
+
+    ``acc_g`` as in :func:`group_accuracies` (same arguments): with ``expected`` every
+    listed group must have examples, so a test set missing a group cannot hide it.
+    """
+    return min(group_accuracies(y_true, y_pred, groups, expected).values())
