@@ -64,6 +64,7 @@ from typing import Any
 import coind_shapes  # benchmarks/ is on sys.path when a script runs
 import torch
 from _output import emit
+from _settings import EARLIER_ANNEALED
 
 import probcomp as pc
 from probcomp import compose, datasets
@@ -119,7 +120,7 @@ def sample(
         stop = float(sampler.split("@")[1])
         res = ReverseDiffusion(steps=2 * levels, t_min=stop, last_step="tweedie").run(scene, n, seed=seed)
     else:
-        res = AnnealedMCMC(sampler.split("-")[1], 10, levels).run(scene, n, seed=seed)
+        res = AnnealedMCMC(sampler.split("-")[1], 10, levels, **EARLIER_ANNEALED).run(scene, n, seed=seed)
     cost = {"nfe": res.stats["nfe_total"], "seconds": round(res.stats["wall_time"], 2)}
     return res["x"], {**cost, **({"x0_hat_along_chain": drift} if drift else {})}
 
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace) -> dict:
     return out
 
 
-def _temporary_cache(cache: Path) -> Path:
+def temporary_cache(cache: Path) -> Path:
     """Quick runs train throw-away models: keep them out of the real cache."""
     if cache != Path("benchmarks/results/coind_models"):
         return cache
@@ -257,13 +258,13 @@ def main() -> None:
         if args.quick:
             args.shapes_steps, args.shapes_samples, args.sample_steps, args.classifier_steps = 20, 4, 5, 30
             args.jsd_images, args.seen_combinations = 4, 1
-            args.cache = _temporary_cache(args.cache)
+            args.cache = temporary_cache(args.cache)
         emit(coind_shapes.run(args), args.out)
         return
     if args.quick:
         args.lams, args.steps, args.samples, args.levels, args.jsd_points = [0.0, 10.0], 100, 200, 10, 50
         args.samplers = ["ddpm", "annealed-ula", "tweedie@0.3"]
-        args.cache = _temporary_cache(args.cache)
+        args.cache = temporary_cache(args.cache)
     res = run(args)
     emit(res, args.out)
 

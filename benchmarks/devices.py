@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from _output import emit  # benchmarks/ is on sys.path when a script runs
+from _settings import EARLIER_ANNEALED
 from _timing import timed
 from object_discovery import concept_scene
 
@@ -67,7 +68,9 @@ def measure(device: str, particles: list[int], levels: int, repeats: int, invers
     for n in particles:
         engines = {
             "reverse-diffusion": ReverseDiffusion(steps=levels, device=device),
-            "annealed-ula": AnnealedMCMC("ula", steps_per_level=1, levels=levels, device=device),
+            "annealed-ula": AnnealedMCMC(
+                "ula", steps_per_level=1, levels=levels, device=device, **EARLIER_ANNEALED
+            ),
         }
         for name, eng in engines.items():
             sec, res = timed(lambda eng=eng, n=n: _synced(eng.run(scene, n, seed=0)), repeats)

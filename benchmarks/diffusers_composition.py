@@ -34,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit
+from _settings import EARLIER_ANNEALED
 from coind_shapes import train_classifier
 
 import probcomp as pc
@@ -60,7 +61,7 @@ def engines(nfe: int) -> dict[str, Any]:
     """DDPM with ``nfe`` steps and annealed ULA with ``nfe / 3`` levels of 2 transitions (+ 1 DDPM step)."""
     return {
         "ddpm": ReverseDiffusion(steps=nfe, clip_x0=(-1.0, 1.0)),
-        "annealed-ula": AnnealedMCMC(kernel="ula", levels=nfe // 3, steps_per_level=2),
+        "annealed-ula": AnnealedMCMC(kernel="ula", levels=nfe // 3, steps_per_level=2, **EARLIER_ANNEALED),
     }
 
 

@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _output import emit
+from _settings import EARLIER_ANNEALED
 
 from probcomp.inference import AnnealedMCMC, PerStepEM, ReverseDiffusion
 from probcomp.models.diffusers import from_diffusers, scenes, tiny
@@ -63,7 +64,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "per-step-em": lambda: PerStepEM(steps=args.steps, inner_steps=2, device=args.device),
         "ddim": lambda: ReverseDiffusion(steps=args.steps, sampler="ddim", device=args.device),
         "annealed-ula": lambda: AnnealedMCMC(
-            kernel="ula", levels=max(1, args.steps // 2), steps_per_level=1, device=args.device
+            kernel="ula",
+            levels=max(1, args.steps // 2),
+            steps_per_level=1,
+            device=args.device,
+            **EARLIER_ANNEALED,
         ),
     }
     rows, saved = [], {}

@@ -63,6 +63,7 @@ from typing import Any
 
 import torch
 from _output import emit  # benchmarks/ is on sys.path when a script runs
+from _settings import EARLIER_ANNEALED
 
 import probcomp as pc
 from probcomp import compose, datasets
@@ -139,7 +140,9 @@ def generate(
         clip = (-1.0, 1.0) if engine == "ddpm-clip" else None
         res = ReverseDiffusion(steps=levels, clip_x0=clip, device=device).run(scene, n, seed=seed)
     else:
-        res = AnnealedMCMC("ula", steps_per_level=1, levels=levels, device=device).run(scene, n, seed=seed)
+        res = AnnealedMCMC("ula", steps_per_level=1, levels=levels, device=device, **EARLIER_ANNEALED).run(
+            scene, n, seed=seed
+        )
     return res["x"].cpu(), res.stats
 
 

@@ -101,6 +101,9 @@ def run_ais(
         resample="ess",
         reverse_step=False,
         final_resample=False,
+        spacing="uniform",  # the grid of the recorded run (AnnealedMCMC's defaults have changed since)
+        t_max=1.0,
+        t_min=1e-3,
     )
     start = time.perf_counter()
     res = eng.run(v.scene, n, seed=seed)

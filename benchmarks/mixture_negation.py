@@ -65,6 +65,9 @@ from probcomp import compose, metrics, targets
 from probcomp.factors import GaussianMixture, NormalisedEnergy
 from probcomp.inference import AnnealedMCMC, ReverseDiffusion
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _settings import EARLIER_ANNEALED
+
 WEIGHTS = (0.3, 0.7)  # left, right
 LEAPFROG, DAMPING = 3, 0.5
 GAMMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)  # the negation sweep (DDPM)
@@ -147,9 +150,14 @@ def build_variant(name: str, gamma: float) -> Variant:
 
 SAMPLERS: dict[str, Callable[[int, int], Any]] = {
     "ddpm": lambda levels, k: ReverseDiffusion(steps=levels),
-    "ula": lambda levels, k: AnnealedMCMC("ula", k, levels),
+    "ula": lambda levels, k: AnnealedMCMC("ula", k, levels, **EARLIER_ANNEALED),
     "hmc-energy": lambda levels, k: AnnealedMCMC(
-        "hmc", k, levels, leapfrog_steps=LEAPFROG, damping=DAMPING, metropolis="energy"
+        "hmc",
+        k,
+        levels,
+        **{**EARLIER_ANNEALED, "leapfrog_steps": LEAPFROG},
+        damping=DAMPING,
+        metropolis="energy",
     ),
 }
 

@@ -61,6 +61,9 @@ import probcomp as pc
 from probcomp import metrics, targets
 from probcomp.inference import AnnealedMCMC, ReverseDiffusion
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _settings import EARLIER_ANNEALED
+
 VARIANTS = ("analytic", "learned-score", "learned-energy")
 DOMINANT = (2, 6)  # ring components at (0, +-0.5)
 REF_LEVELS, REF_STEPS, LEAPFROG, DAMPING = 100, 10, 3, 0.5
@@ -84,17 +87,27 @@ class Sampler:
 
 
 def _hmc(**kw: Any) -> Callable[[int, int], AnnealedMCMC]:
-    return lambda levels, k: AnnealedMCMC("hmc", k, levels, leapfrog_steps=LEAPFROG, damping=DAMPING, **kw)
+    kw = {**EARLIER_ANNEALED, "leapfrog_steps": LEAPFROG, "damping": DAMPING, **kw}
+    return lambda levels, k: AnnealedMCMC("hmc", k, levels, **kw)
 
 
 SAMPLERS: tuple[Sampler, ...] = (
     Sampler("ddpm", lambda levels, k: ReverseDiffusion(steps=levels)),
-    Sampler("ula", lambda levels, k: AnnealedMCMC("ula", k, levels)),
-    Sampler("mala-energy", lambda levels, k: AnnealedMCMC("mala", k, levels, metropolis="energy"), True),
-    Sampler("mala-score", lambda levels, k: AnnealedMCMC("mala", k, levels, metropolis="score")),
+    Sampler("ula", lambda levels, k: AnnealedMCMC("ula", k, levels, **EARLIER_ANNEALED)),
+    Sampler(
+        "mala-energy",
+        lambda levels, k: AnnealedMCMC("mala", k, levels, metropolis="energy", **EARLIER_ANNEALED),
+        True,
+    ),
+    Sampler(
+        "mala-score",
+        lambda levels, k: AnnealedMCMC("mala", k, levels, metropolis="score", **EARLIER_ANNEALED),
+    ),
     Sampler(
         "uhmc",
-        lambda levels, k: AnnealedMCMC("uhmc", k, levels, leapfrog_steps=LEAPFROG, damping=DAMPING),
+        lambda levels, k: AnnealedMCMC(
+            "uhmc", k, levels, **{**EARLIER_ANNEALED, "leapfrog_steps": LEAPFROG}, damping=DAMPING
+        ),
     ),
     Sampler("hmc-energy", _hmc(metropolis="energy"), True),
     Sampler("hmc-score2", _hmc(metropolis="score", trapezoid_points=2)),

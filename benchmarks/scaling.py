@@ -37,6 +37,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 from _output import emit  # benchmarks/ is on sys.path when a script runs
+from _settings import EARLIER_ANNEALED
 
 import probcomp as pc
 from probcomp import targets
@@ -55,7 +56,9 @@ def ring_bar() -> pc.Scene:
 
 
 def engine() -> AnnealedMCMC:
-    return AnnealedMCMC("hmc", STEPS, LEVELS, resample="ess", reverse_step=False)
+    return AnnealedMCMC(
+        "hmc", STEPS, LEVELS, **{**EARLIER_ANNEALED, "resample": "ess", "reverse_step": False}
+    )
 
 
 def _free_port() -> int:

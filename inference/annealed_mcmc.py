@@ -66,7 +66,7 @@ from probcomp.results import Result
 from probcomp.scene import Scene
 from probcomp.validation import check_count, check_positive, check_seed
 
-from . import smc
+from . import compiled_loop, smc
 from .annealed_transitions import LevelTransitions, check_weights
 from .base import DiffusionEngine, DiffusionOptions, LevelRecords, register
 from .kernels import (
@@ -86,15 +86,41 @@ from .steps import Packer
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["KERNELS", "AnnealedMCMC"]
+__all__ = ["AUTO_WEIGHT_DIM", "KERNELS", "RECOMMENDED_GRID", "SCORE_ONLY_SETTINGS", "AnnealedMCMC"]
 
+#: the grid of the recommended configuration (the defaults): levels uniform in log-SNR from
+#: t_max = 0.6 to t_min = 3e-4 (benchmarks/frontier.py)
+RECOMMENDED_GRID: dict[str, Any] = {"spacing": "log-snr", "t_max": 0.6, "t_min": 3e-4}
 _DEFAULT_STEP = 0.05  # c in eps(t) = c sigma_t^2; adapted by the adjusted kernels
-_RESAMPLE = (None, "ess", "always")
+#: under ``resample="auto"``, score-only terms of at most this many coordinates get annealed-
+#: importance weights: a weight increment costs ``2 d + 1`` score calls per such term and level
+#: (the finite-difference divergence of :func:`~probcomp.inference.smc.log_snr_derivative`)
+AUTO_WEIGHT_DIM = 16
+#: the settings measured best on learned score-only factors (benchmarks/frontier.py, the zoo's
+#: ring8 x bar): one transition of three leapfrog steps on 40 levels from t = 1 to 1e-3; learned
+#: scores are not exact gradients, and more transitions at low noise follow the model's error
+SCORE_ONLY_SETTINGS: dict[str, Any] = {
+    "steps_per_level": 1,
+    "levels": 40,
+    "leapfrog_steps": 3,
+    "t_max": 1.0,
+    "t_min": 1e-3,
+}
+_RESAMPLE = (None, "ess", "always", "auto")
 _DEFAULT_ACCEPT: dict[str, float | None] = {"mala": MALA.target_accept, "hmc": HMC.target_accept}
 
 
 class AnnealedMCMC(LevelTransitions, DiffusionEngine):
     """Annealed ULA / MALA / underdamped-Langevin / HMC (or any kernel) over the controls of a scene.
+
+    The defaults are the recommended configuration of the cost-accuracy frontier
+    (``benchmarks/frontier.py``): generalised HMC (two transitions of two leapfrog steps per
+    level) with annealed-importance weights, resampled when the ESS falls below half, on 45
+    levels uniform in log-SNR from ``t_max = 0.6`` to ``t_min = 3e-4`` -- about 225 gradient
+    evaluations per factor and particle.  It uses energies where every factor has one, and
+    scores alone otherwise (Metropolis test and weights; the weights of a score-only factor
+    cost ``2 d + 1`` more calls per level, so ``resample="auto"`` drops them for factors of
+    more than :data:`AUTO_WEIGHT_DIM` coordinates, such as images and latents).
 
     Args:
         kernel: ``"ula"``, ``"mala"``, ``"uhmc"``, ``"hmc"`` or a
@@ -108,17 +134,25 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         trapezoid_points: points of the trapezoid rule of ``"score"`` tests (>= 2).
         adapt: adapt the step size toward ``target_accept`` (adjusted kernels).
         target_accept: defaults to the kernel's (MALA 0.57, HMC 0.65).
-        reverse_step: interleave a DDPM step between levels (else the particles are
-            carried to the next level unchanged).
-        resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N) or ``"always"``.
+        reverse_step: interleave a DDPM step between levels (Du et al. 2023; else, the
+            default, the particles are carried to the next level unchanged).
+        resample: ``None``, ``"ess"`` (when ESS < ``ess_threshold`` N), ``"always"`` or
+            ``"auto"`` (the default): ``"ess"`` where every factor has an energy or is at most
+            :data:`AUTO_WEIGHT_DIM`-dimensional, else ``None`` (weights from scores alone cost
+            ``2 d + 1`` score calls per factor and level); ``stats["resample"]`` is the choice.
         final_resample: with ``resample``, resample once more after the last level so the
             returned particles are equally weighted (``stats["ess_final"]`` is the ESS
             before it).  With ``False`` the particles keep their weights, in
             ``res.particle_stats["log_weight"]`` (weight the samples by them).
         resampling: ``"systematic"`` (default), ``"stratified"`` or ``"multinomial"``.
-        t_min: the last MCMC level, then one denoising step to 0 (default 1e-3; with 0 the
+        compile: run each level's transitions and the target compiled by ``torch.compile``
+            (:mod:`~probcomp.inference.compiled_loop`: ``True``, ``"auto"`` (no warning when it
+            falls back to eager) or a ``torch.compile`` mode; CUDA graphs on CUDA by default).
+        t_min: the last MCMC level, then one denoising step to 0 (default 3e-4; with 0 the
             levels are uniform on ``[0, t_max]``: see :data:`probcomp.schedules.DEFAULT_T_MIN`).
-        schedule, t_max, group, dtype, device, progress: as in
+        t_max, spacing: the first level (default 0.6) and the placement of the levels
+            (default ``"log-snr"``; :func:`probcomp.schedules.time_grid`).
+        schedule, group, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
         callback: called at every level after its transitions with a
             :class:`~probcomp.inference.LevelInfo` holding ``i, t, x`` and ``step_size``.
@@ -131,11 +165,11 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
     def __init__(
         self,
         kernel: str | Kernel = "hmc",
-        steps_per_level: int = 10,
-        levels: int = 100,
+        steps_per_level: int = 2,
+        levels: int = 45,
         *,
         step_size: float | Callable[[float], float] | None = None,
-        leapfrog_steps: int = 3,
+        leapfrog_steps: int = 2,
         damping: float = 0.5,
         mass: float = 1.0,
         metropolis: str | None = None,
@@ -143,11 +177,12 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         adapt: bool = True,
         target_accept: float | None = None,
         adapt_rate: float = 0.05,
-        reverse_step: bool = True,
-        resample: str | None = None,
+        reverse_step: bool = False,
+        resample: str | None = "auto",
         ess_threshold: float = 0.5,
         final_resample: bool = True,
         resampling: str = "systematic",
+        compile: bool | str = False,
         **options: Unpack[DiffusionOptions],
     ) -> None:
         user = kernel if isinstance(kernel, Kernel) else None
@@ -169,7 +204,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             raise ScheduleError("the 'effective' test reuses leapfrog points: it needs kernel='hmc'")
         trapezoid_points = check_count("trapezoid_points", trapezoid_points, 2)
         if resample not in _RESAMPLE:
-            raise ScheduleError(f"resample must be None, 'ess' or 'always', got {resample!r}")
+            raise ScheduleError(f"resample must be None, 'ess', 'always' or 'auto', got {resample!r}")
         if resampling not in smc.RESAMPLERS:
             raise ScheduleError(f"resampling must be one of {sorted(smc.RESAMPLERS)}, got {resampling!r}")
         if step_size is not None and not callable(step_size):
@@ -179,6 +214,11 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         adapt_rate = check_positive("adapt_rate", adapt_rate, allow_zero=True)
         if not 0.0 <= check_positive("ess_threshold", ess_threshold, allow_zero=True) <= 1.0:
             raise ScheduleError(f"ess_threshold must lie in [0, 1], got {ess_threshold}")
+        grid = dict(RECOMMENDED_GRID)
+        if options.get("t_min") == 0.0:  # a grid uniform to t = 0 (log-SNR spacing needs t_min > 0)
+            grid["spacing"] = "uniform"
+        for key, value in grid.items():
+            options.setdefault(key, value)  # type: ignore[misc]
         super().__init__(levels, **options)
         self._user_kernel = user
         self.kernel: str = user.name if user is not None else str(kernel)
@@ -202,8 +242,22 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             float(ess_threshold),
         )
         self.resampling = resampling
+        self.torch_compile = compiled_loop.check_compile(compile)
+        self._compiled_loops: dict[Any, Any] = {}  # compiled_loop.fast_path's graphs, per compiled scene
 
     # ------------------------------------------------------------------------------
+    def resample_for(self, compiled: CompiledScene) -> str | None:
+        """The resampling rule a run on ``compiled`` uses: ``resample``, with ``"auto"`` resolved
+        (``"ess"`` unless a score-only factor has more than :data:`AUTO_WEIGHT_DIM` coordinates)."""
+        if self.resample != "auto":
+            return self.resample
+        wide = [
+            tm.factor.name
+            for tm in compiled.terms
+            if not tm.factor.has_energy and math.prod(tm.factor.event_shape) > AUTO_WEIGHT_DIM
+        ]
+        return None if wide else "ess"
+
     def _test(self, compiled: CompiledScene) -> str | None:
         """The Metropolis test this run uses (``None`` for unadjusted kernels)."""
         if self.kernel not in ADJUSTED:
@@ -281,10 +335,17 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         if num_samples < comm.world_size:
             raise SceneError(f"num_samples={num_samples} is fewer than the {comm.world_size} ranks")
         kernel, test = self._kernel(compiled)
-        energy = kernel.needs_energy or (bool(self.resample) and compiled.has_energy)
+        resample = self.resample_for(compiled)
+        energy = kernel.needs_energy or (bool(resample) and compiled.has_energy)
         compiled.reset_counters()
         packer = Packer(compiled.shapes)
         target = FlatTarget(compiled, packer, energy)
+        fast, level_target = None, target
+        if self.torch_compile and not comm.distributed:
+            fast, level_target = compiled_loop.fast_path(
+                self._compiled_loops, self.torch_compile, kernel, target, steps=self.k, adapt=self.adapt,
+                adapt_rate=self.adapt_rate, target_accept=self.target_accept, device=self.device,
+            )  # fmt: skip
         if comm.distributed:  # every rank agrees on rank 0's seed, then draws its own stream
             seed = comm.seed(check_seed(seed))
             gen, _ = self.generator(rank_seed(seed, comm.rank))
@@ -296,7 +357,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         state = kernel.init(x, target, float(self.ts[0]), gen)
         log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
         log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
-        if self.resample:  # start from a Gaussian matched to pi_{t_0}, weighted to it
+        if resample:  # start from a Gaussian matched to pi_{t_0}, weighted to it
             t0 = float(self.ts[0])
             precision = smc.matched_precision(comm.gather(x, n_all), comm.gather(state.grad, n_all))
             x = x / precision.sqrt().to(x.dtype)
@@ -305,7 +366,11 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
                 lambda v: target(v, t0)[0], state.x, state.grad, state.log_p, self.trapezoid_points, precision
             )
             where = f"at the first level t={t0:.4g}"
-            comm.together(lambda: check_weights(log_w, where), f"in the weights {where}")
+
+            def find() -> None:  # names a factor that is not finite at the first draws
+                compiled.target(packer.unpack(state.x), t0, energy=target.energy, check=True)
+
+            comm.together(lambda: check_weights(log_w, where, find), f"in the weights {where}")
         acc_level = torch.zeros(self.num_levels, n, dtype=self.dtype)
         rec = LevelRecords("step_size", "accept", "ess", "nfe_per_level", "resampled")
         start = time.perf_counter()
@@ -314,7 +379,10 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
                 i, t = lv.i, lv.t
                 nfe0 = compiled.nfe_total
                 accs, x_start = [], state.x
-                for _ in range(self.k):
+                out = fast.level(state, t, self._eps(t, log_c, lv.sigma), log_c, gen) if fast else None
+                if out is not None:
+                    state, accs, log_c = out
+                for _ in range(self.k if out is None else 0):
                     state, info = kernel.step(state, target, t, self._eps(t, log_c, lv.sigma), gen)
                     if info.accept_prob is not None:
                         accs.append(info.accept_prob)
@@ -337,14 +405,14 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
                 # the state at level t, after its MCMC transitions (this rank's particles)
                 self.notify(i, t, packer.unpack(state.x), step_size=rec["step_size"][-1])
                 state, ess, resampled = self._next_level(
-                    compiled, packer, target, state, log_w, lv, gen, comm, n_all
+                    compiled, packer, level_target, state, log_w, lv, gen, comm, n_all, resample
                 )
                 rec.add(ess=ess / n_all, resampled=float(resampled), nfe_per_level=compiled.nfe_total - nfe0)
         x = state.x
-        log_w_all = comm.gather(log_w, n_all) if self.resample else log_w.new_zeros(n_all)
+        log_w_all = comm.gather(log_w, n_all) if resample else log_w.new_zeros(n_all)
         ess_final = smc.ess(log_w_all) / n_all
-        if self.resample and self.final_resample and bool((log_w_all != log_w_all[0]).any()):
-            x = comm.take([x], comm.ancestors(log_w_all, gen, self.resampling))[0]
+        if resample and self.final_resample and bool((log_w_all != log_w_all[0]).any()):
+            x = comm.take([x], comm.ancestors(log_w_all, gen, self.resampling, shuffle=True))[0]
             log_w.zero_()
             log_w_all = log_w_all.zero_()
         stats = {
@@ -353,7 +421,8 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             "metropolis": test,
             "steps_per_level": self.k,
             "levels": self.num_levels,
-            **({"ess_final": ess_final} if self.resample else {}),
+            "resample": resample,
+            **({"ess_final": ess_final} if resample else {}),
             **rec.tensors(),
         }
         acc_particles = acc_level.T.contiguous()
@@ -370,7 +439,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             stats,
             {
                 **({"accept": acc_particles} if test else {}),
-                **({"log_weight": log_w_all.cpu()} if self.resample else {}),
+                **({"log_weight": log_w_all.cpu()} if resample else {}),
             },
             num_chains=num_chains,
             engine=f"{self.name}/{self.kernel}",

@@ -12,13 +12,14 @@ with the forward noising as ``B``; without a move, the annealed-importance ratio
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from probcomp.compiled import CompiledScene
 from probcomp.distributed import Communicator, take_state
-from probcomp.errors import NumericalError
+from probcomp.errors import NumericalError, first_line
 
 from . import smc
 from .kernels import KernelState
@@ -28,7 +29,7 @@ from .steps import Packer, ReverseStep
 if TYPE_CHECKING:
     from probcomp import schedules as sched
 
-__all__ = ["LevelTransitions", "check_weights"]
+__all__ = ["LevelTransitions", "check_weights", "usable"]
 
 
 class LevelTransitions:
@@ -75,11 +76,12 @@ class LevelTransitions:
         gen: torch.Generator,
         comm: Communicator,
         n_all: int,
+        resample: str | None,
     ) -> tuple[KernelState, float, bool]:
         """Move from level ``t`` to ``next_t`` (a DDPM step, or none), update ``log_w`` (this
         rank's block of the ``n_all`` weights) in place and resample the whole population when
-        due: returns the new state, the ESS before resampling, and whether the particles were
-        resampled."""
+        due by the rule ``resample`` (resolved for the scene): returns the new state, the ESS
+        before resampling, and whether the particles were resampled."""
         t, s = lv.t, lv.next_t
         step = lv.reverse_step(1.0)
         new = step(state.x, state.grad, gen) if self.reverse_step or s == 0.0 else state.x
@@ -93,17 +95,21 @@ class LevelTransitions:
         if s > 0.0:
             g_new, logp_new = target(new, s)
             moved = state.moved(new, g_new, logp_new)
-            if self.resample:
+            if resample:
                 log_w += self._increment(compiled, packer, target, step, state, moved, t, s)
                 where = f"from level t={t:.4g} to {s:.4g}"
-                comm.together(lambda: check_weights(log_w, where), f"in the weights {where}")
+
+                def find() -> None:  # names a factor that is not finite at the new positions
+                    compiled.target(packer.unpack(moved.x), s, energy=target.energy, check=True)
+
+                comm.together(lambda: check_weights(log_w, where, find), f"in the weights {where}")
             state = moved
         else:
             state = state.moved(new, state.grad, state.log_p)
-        log_w_all = comm.gather(log_w, n_all) if self.resample else log_w.new_zeros(n_all)
+        log_w_all = comm.gather(log_w, n_all) if resample else log_w.new_zeros(n_all)
         ess = smc.ess(log_w_all)
-        due = self.resample == "always" or ess < self.ess_threshold * n_all
-        if self.resample and s > 0.0 and due:
+        due = resample == "always" or ess < self.ess_threshold * n_all
+        if resample and s > 0.0 and due:
             state = take_state(state, comm.ancestors(log_w_all, gen, self.resampling), comm)
             log_w.zero_()
             return state, ess, True
@@ -159,12 +165,25 @@ class LevelTransitions:
         return d_logp + smc.kernel_log_ratio(step, x, x1, old.grad)
 
 
-def check_weights(log_w: torch.Tensor, where: str) -> None:
+def usable(log_w: torch.Tensor) -> bool:
+    """Whether resampling can use the log-weights: no NaN, and not all ``-inf``."""
+    return not bool(torch.isnan(log_w).any()) and bool(torch.isfinite(log_w).any())
+
+
+def check_weights(log_w: torch.Tensor, where: str, find: Callable[[], None] | None = None) -> None:
     """Refuse log-weights that resampling cannot use: NaN (a NaN energy or ``-inf - -inf``), or
-    all ``-inf`` (every particle outside the support of the target); ``where`` names the step."""
-    if bool(torch.isnan(log_w).any()) or not bool(torch.isfinite(log_w).any()):
-        raise NumericalError(
-            f"the SMC weights {where} are NaN or all -inf: a factor's energy "
-            "is not finite where the particles are (a hard constraint at t > 0?); use resample=None "
-            "or a smooth density"
-        )
+    all ``-inf`` (every particle outside the support of the target); ``where`` names the step,
+    and ``find`` (re-evaluating the target with per-factor checks) the factor, if one is to blame."""
+    if usable(log_w):
+        return
+    cause = ""
+    if find is not None:
+        try:
+            find()
+        except NumericalError as err:
+            cause = f" ({first_line(err)})"
+    raise NumericalError(
+        f"the SMC weights {where} are NaN or all -inf{cause}: a factor's energy or score is not "
+        "finite where the particles are (a hard constraint at t > 0?); use resample=None or a smooth "
+        "density"
+    )

@@ -600,10 +600,16 @@ class LiftRejection(DiffusionEngine):
         **options: Unpack[DiffusionOptions],
     ) -> None:
         callback = options.pop("callback", None)
-        self.sampler_engine = ReverseDiffusion(
-            steps, sampler, eta, clip_x0=clip_x0, last_step=last_step, callback=callback, **options
+        self.sampler_engine = ReverseDiffusion(  # (callback was popped from options)
+            steps,
+            sampler,
+            eta,
+            clip_x0=clip_x0,
+            last_step=last_step,
+            callback=callback,
+            **options,  # pyright: ignore[reportCallIssue]
         )
-        super().__init__(steps, callback=callback, **options)
+        super().__init__(steps, callback=callback, **options)  # pyright: ignore[reportCallIssue]
         self.steps = steps
         self.threshold = _check_threshold(threshold)
         self.reference, self.alpha = _check_reference(reference, alpha)

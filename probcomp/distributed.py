@@ -69,6 +69,15 @@ __all__ = [
 ]
 
 
+def _ancestors(log_w: torch.Tensor, generator: torch.Generator, method: str, shuffle: bool) -> torch.Tensor:
+    from probcomp.inference import smc
+
+    idx = smc.resample(log_w, generator, method)
+    if shuffle:
+        idx = idx[torch.randperm(idx.shape[0], generator=generator, device=generator.device).to(idx.device)]
+    return idx
+
+
 class DistributedError(ProbcompError, RuntimeError):
     """A distributed run was asked for without what it needs (a process group, a cluster)."""
 
@@ -163,11 +172,14 @@ class Communicator:
         """Whether ``flag`` holds on some rank."""
         return bool(flag)
 
-    def ancestors(self, log_w: torch.Tensor, generator: torch.Generator, method: str) -> torch.Tensor:
-        """Global ancestor indices of the gathered ``log_w`` (drawn on rank 0, shared with all)."""
-        from probcomp.inference import smc
-
-        return smc.resample(log_w, generator, method)
+    def ancestors(
+        self, log_w: torch.Tensor, generator: torch.Generator, method: str, shuffle: bool = False
+    ) -> torch.Tensor:
+        """Global ancestor indices of the gathered ``log_w`` (drawn on rank 0, shared with all);
+        ``shuffle`` puts them in random order (systematic resampling returns them sorted, so
+        that consecutive blocks of particles, the chains of a result, descend from the same
+        few ancestors)."""
+        return _ancestors(log_w, generator, method, shuffle)
 
     def take(self, tensors: Sequence[torch.Tensor], ancestors: torch.Tensor) -> list[torch.Tensor]:
         """This rank's rows of ``[t[ancestors] for t in tensors]``, where ``t`` is the global
@@ -270,11 +282,11 @@ class ProcessGroupCommunicator(Communicator):
     def any(self, flag: bool) -> bool:
         return self.max([float(bool(flag))])[0] > 0
 
-    def ancestors(self, log_w: torch.Tensor, generator: torch.Generator, method: str) -> torch.Tensor:
-        from probcomp.inference import smc
-
+    def ancestors(
+        self, log_w: torch.Tensor, generator: torch.Generator, method: str, shuffle: bool = False
+    ) -> torch.Tensor:
         if self.rank == 0:
-            idx = smc.resample(log_w, generator, method)
+            idx = _ancestors(log_w, generator, method, shuffle)
         else:
             idx = torch.empty(log_w.shape[0], dtype=torch.int64, device=log_w.device)
         return self._timed(lambda: self._broadcast(idx))

@@ -200,3 +200,20 @@ def test_background_object_benchmark_quick():
 def test_devices_benchmark_quick():
     data = _quick("devices.py", "--quick", "--json")
     assert data["cpu"]["reverse-diffusion/N=2"]["nfe"] > 0 and data["cpu"]["concept-inversion"]["nfe"] > 0
+
+
+@pytest.mark.slow
+def test_frontier_benchmark_quick():
+    data = _quick("frontier.py", "--quick")
+    rows = data["targets"]["ring-bar"]["configs"]
+    assert set(rows) == {"ddpm 100", "recommended 15x2"}
+    assert rows["ddpm 100"]["nfe"] == 200 and rows["recommended 15x2"]["mode_err_p90"] < 0.1
+    assert (
+        not data["summary"]["ring-bar"]["goal_met_within_500_nfe"] or rows["recommended 15x2"]["meets_goal"]
+    )
+
+
+@pytest.mark.slow
+def test_lift_rejection_benchmark_quick():
+    data = _quick("lift_rejection.py", "--quick")
+    assert data["floor_w2"]["mean"] > 0 and data["reverse"]

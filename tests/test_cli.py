@@ -11,13 +11,22 @@ def test_demo_json_reports_metrics_against_the_exact_product(tmp_path, capsys):
     assert main(["demo", "--analytic", "--json", "--samples", "400", "--steps", "60", "--png", str(png)]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = {r["method"]: r for r in out["rows"]}
-    assert set(rows) == {"exact (floor)", "ddpm summed scores", "ddim summed scores", "ddpm oracle score"}
+    assert set(rows) == {
+        "exact (floor)",
+        "ddpm summed scores",
+        "ddim summed scores",
+        "annealed HMC + AIS",
+        "ddpm oracle score",
+    }
     assert abs(sum(out["true_mode_weights"]) - 1) < 1e-3
     floor, summed, oracle = rows["exact (floor)"], rows["ddpm summed scores"], rows["ddpm oracle score"]
     # summing scores misplaces mass; the oracle score does not
     assert summed["w2"] > 2 * floor["w2"] and summed["mode_tv"] > 0.15
     assert oracle["mode_tv"] < 0.08
     assert summed["nfe"] == 2 * 60 and oracle["nfe"] == 60
+    # the remedy: annealed HMC with importance weights puts the mass on the product's modes
+    ours = rows["annealed HMC + AIS"]
+    assert ours["mode_tv"] < 0.1 and ours["w2"] < 0.6 * summed["w2"], (ours, summed)
     assert png.stat().st_size > 10_000
 
 
@@ -26,7 +35,7 @@ def test_demo_on_learned_zoo_models(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["target"].startswith("learned ring8 x bar")
     rows = {r["method"]: r for r in out["rows"]}
-    assert set(rows) == {"exact (floor)", "ddpm summed scores", "ddim summed scores"}
+    assert set(rows) == {"exact (floor)", "ddpm summed scores", "ddim summed scores", "annealed HMC + AIS"}
     # only the two ring modes inside the bar carry mass
     assert sum(sorted(out["true_mode_weights"])[-2:]) > 0.999
     assert rows["ddpm summed scores"]["nfe"] == 100

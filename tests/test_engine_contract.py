@@ -51,7 +51,9 @@ def test_a_user_kernel_samples_an_exact_gaussian_with_adaptation_and_stats():
     kernel, adapted toward its own target acceptance, must reach those moments."""
     mean, cov = torch.tensor([1.0, -0.5]), torch.tensor([[0.5, 0.3], [0.3, 0.4]])
     f = Gaussian(mean, cov)
-    eng = AnnealedMCMC(RandomWalkMetropolis(), 60, 4, t_max=0.05, t_min=0.01, reverse_step=False)
+    eng = AnnealedMCMC(
+        RandomWalkMetropolis(), 60, 4, t_max=0.05, t_min=0.01, reverse_step=False, resample=None
+    )
     seen = []
     eng.callback = lambda info: seen.append(info["x"]["x"].clone())
     res = eng.run(_scene(f), 4000, seed=0)

@@ -99,14 +99,20 @@ def _sampler_cases():
         "ddpm-tweedie": lambda: ReverseDiffusion(40, t_min=0.3, last_step="tweedie"),
         "ddpm-clip": lambda: ReverseDiffusion(40, clip_x0=(-1.0, 1.0)),
     }
+    # the settings that were AnnealedMCMC's defaults when the pins were recorded
+    old = dict(leapfrog_steps=3, resample=None, reverse_step=True, spacing="uniform", t_max=1.0, t_min=1e-3)
+
+    def amc(kernel, k, levels, **kw):
+        return lambda: AnnealedMCMC(kernel, k, levels, **{**old, **kw})
+
     mc = {
-        "ula": lambda: AnnealedMCMC("ula", 2, 20),
-        "mala-score": lambda: AnnealedMCMC("mala", 2, 20, metropolis="score"),
-        "mala-energy": lambda: AnnealedMCMC("mala", 2, 20),
-        "uhmc": lambda: AnnealedMCMC("uhmc", 2, 20),
-        "hmc-energy-smc": lambda: AnnealedMCMC("hmc", 2, 20, resample="ess"),
-        "hmc-always-noreverse": lambda: AnnealedMCMC("hmc", 2, 20, resample="always", reverse_step=False),
-        "hmc-stepfn": lambda: AnnealedMCMC("hmc", 2, 20, step_size=lambda t: 0.01, damping=1.0),
+        "ula": amc("ula", 2, 20),
+        "mala-score": amc("mala", 2, 20, metropolis="score"),
+        "mala-energy": amc("mala", 2, 20),
+        "uhmc": amc("uhmc", 2, 20),
+        "hmc-energy-smc": amc("hmc", 2, 20, resample="ess"),
+        "hmc-always-noreverse": amc("hmc", 2, 20, resample="always", reverse_step=False),
+        "hmc-stepfn": amc("hmc", 2, 20, step_size=lambda t: 0.01, damping=1.0),
     }
     em = {
         "em-gn": lambda: PerStepEM(20, 3),
@@ -123,7 +129,17 @@ def _sampler_cases():
                 yield f"{scene_name}/{name}", make, scene
     yield (
         "ringbar-score/hmc-smc",
-        lambda: AnnealedMCMC("hmc", 2, 20, resample="ess", t_min=0.0),
+        lambda: AnnealedMCMC(
+            "hmc",
+            2,
+            20,
+            leapfrog_steps=3,
+            resample="ess",
+            reverse_step=True,
+            spacing="uniform",
+            t_max=1.0,
+            t_min=0.0,
+        ),
         (lambda: ring_bar(True)),
     )
     yield "ringbar/em-gn", lambda: PerStepEM(20, 3), ring_bar

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from probcomp.errors import ScheduleError
 
-from .base import FlatTarget, Kernel, KernelState, MetropolisTest, StepInfo, Target, metropolis_select
+from .base import (
+    FlatTarget,
+    Kernel,
+    KernelState,
+    MetropolisTest,
+    StepInfo,
+    Target,
+    metropolis_select,
+    metropolis_select_with,
+)
 from .hamiltonian import HMC, UHMC
 from .langevin import MALA, ULA
 from .metropolis import EnergyTest, LeapfrogPathTest, ScoreLineTest
@@ -32,6 +41,7 @@ __all__ = [
     "Target",
     "make_kernel",
     "metropolis_select",
+    "metropolis_select_with",
 ]
 
 KERNELS = ("ula", "mala", "uhmc", "hmc")

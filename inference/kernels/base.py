@@ -6,6 +6,9 @@ annealed sampler, targeting ``pi_t`` through a :class:`Target` that returns the 
 
 * ``state = kernel.init(x, target, t, generator)``
 * ``state, info = kernel.step(state, target, t, step_size, generator)``
+* ``z, u = kernel.draw(x, generator)`` and ``kernel.step_with(state, target, t, step_size, z, u)``:
+  the same step split into its random draws and its arithmetic (the built-in kernels), which
+  :mod:`probcomp.inference.compiled_loop` compiles
 
 ``step_size`` is the Langevin step ``eps`` (a leapfrog step is ``h = sqrt(2 eps)``).
 A kernel with a Metropolis test (``kernel.metropolis``, a :class:`MetropolisTest`)
@@ -27,7 +30,23 @@ from probcomp.compiled import CompiledScene
 
 from ..steps import Packer
 
-__all__ = ["FlatTarget", "Kernel", "KernelState", "MetropolisTest", "StepInfo", "Target", "metropolis_select"]
+__all__ = [
+    "FlatTarget",
+    "Kernel",
+    "KernelState",
+    "MetropolisTest",
+    "StepInfo",
+    "Target",
+    "metropolis_select",
+    "metropolis_select_with",
+    "root",
+]
+
+
+def root(v: float | torch.Tensor) -> float | torch.Tensor:
+    """``sqrt(v)`` of a Python number (``math.sqrt``, as the eager kernels always computed it) or
+    of a tensor (a step size traced by the compiled loop)."""
+    return v.sqrt() if isinstance(v, torch.Tensor) else math.sqrt(v)
 
 
 class Target(Protocol):
@@ -114,6 +133,14 @@ def metropolis_select(
     With ``flip`` a rejected particle's momentum is negated (generalised HMC, Horowitz 1991).
     """
     u = torch.rand(log_a.shape, generator=generator, dtype=log_a.dtype, device=log_a.device)
+    return metropolis_select_with(log_a, current, proposal, u, flip=flip)
+
+
+def metropolis_select_with(
+    log_a: torch.Tensor, current: KernelState, proposal: KernelState, u: torch.Tensor, *, flip: bool = False
+) -> tuple[KernelState, StepInfo]:
+    """:func:`metropolis_select` with its uniforms ``u`` (shape ``(N,)``) given: no generator, so
+    the compiled loop (:mod:`probcomp.inference.compiled_loop`) can draw them eagerly."""
     log_a = torch.nan_to_num(log_a, nan=-math.inf)
     ok = torch.log(u) < log_a
     col = ok[:, None]
@@ -161,6 +188,33 @@ class Kernel:
         self, state: KernelState, target: Target, t: float, step_size: float, generator: torch.Generator
     ) -> tuple[KernelState, StepInfo]:
         raise NotImplementedError
+
+    def draw(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The random numbers of one :meth:`step` at ``x``, in the order :meth:`step` draws them:
+        a standard normal ``z`` shaped like ``x`` and, for an adjusted kernel, ``N`` uniforms.
+
+        With :meth:`step_with` this splits a step into its draws and its arithmetic, which the
+        compiled loop (:mod:`probcomp.inference.compiled_loop`) traces without a generator.  A
+        kernel whose :meth:`step` draws otherwise overrides both (or neither: then it runs eagerly).
+        """
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if not self.adjusted:
+            return z, None
+        return z, torch.rand((x.shape[0],), generator=generator, dtype=x.dtype, device=x.device)
+
+    def step_with(
+        self,
+        state: KernelState,
+        target: Target,
+        t: float | torch.Tensor,
+        step_size: float | torch.Tensor,
+        z: torch.Tensor,
+        u: torch.Tensor | None,
+    ) -> tuple[KernelState, StepInfo]:
+        """:meth:`step` with its random numbers ``(z, u)`` of :meth:`draw` given (``t`` and
+        ``step_size`` may be 0-d tensors); the built-in kernels compute exactly what
+        :meth:`step` does."""
+        raise NotImplementedError(f"kernel {self.name!r} has no step_with")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(metropolis={self.metropolis!r})"

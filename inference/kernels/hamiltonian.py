@@ -17,7 +17,16 @@ import torch
 
 from probcomp.errors import ScheduleError
 
-from .base import Kernel, KernelState, MetropolisTest, StepInfo, Target, metropolis_select
+from .base import (
+    Kernel,
+    KernelState,
+    MetropolisTest,
+    StepInfo,
+    Target,
+    metropolis_select,
+    metropolis_select_with,
+    root,
+)
 
 __all__ = ["HMC", "UHMC"]
 
@@ -46,18 +55,30 @@ class UHMC(Kernel):
         self, state: KernelState, target: Target, t: float, eps: float, generator: torch.Generator
     ) -> tuple[KernelState, KernelState, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Refresh the momentum, then leapfrog: ``(refreshed start, end, path of (x, score))``."""
+        x = state.x
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return self.trajectory_with(state, target, t, eps, z)
+
+    def trajectory_with(
+        self,
+        state: KernelState,
+        target: Target,
+        t: float | torch.Tensor,
+        eps: float | torch.Tensor,
+        z: torch.Tensor,
+    ) -> tuple[KernelState, KernelState, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """:meth:`trajectory` with the refresh's standard-normal ``z`` given."""
         gamma, m = self.damping, self.mass
         x, g = state.x, state.grad
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         p = math.sqrt(1 - gamma) * state.momentum + math.sqrt(gamma * m) * z
-        h = math.sqrt(2 * eps)
+        h = root(2 * eps)
         path = [(x, g)]
         x1, g1, p1 = x, g, p
         logp1 = None
         for _ in range(self.leapfrog_steps):
             p1 = p1 + 0.5 * h * g1
             x1 = x1 + h * p1 / m
-            g1, logp1 = target(x1, t)
+            g1, logp1 = target(x1, t)  # type: ignore[arg-type]  # a 0-d tensor in the compiled loop
             p1 = p1 + 0.5 * h * g1
             path.append((x1, g1))
         start = KernelState(x, g, state.log_p, p)
@@ -65,6 +86,9 @@ class UHMC(Kernel):
 
     def step(self, state, target, t, step_size, generator):
         return self.trajectory(state, target, t, step_size, generator)[1], StepInfo()
+
+    def step_with(self, state, target, t, step_size, z, u):
+        return self.trajectory_with(state, target, t, step_size, z)[1], StepInfo()
 
 
 class HMC(UHMC):
@@ -87,3 +111,9 @@ class HMC(UHMC):
         start, end, path = self.trajectory(state, target, t, step_size, generator)
         d_logp = self.metropolis.log_ratio(target, t, start, end, path)
         return metropolis_select(self.log_accept(d_logp, start, end), start, end, generator, flip=True)
+
+    def step_with(self, state, target, t, step_size, z, u):
+        start, end, path = self.trajectory_with(state, target, t, step_size, z)
+        d_logp = self.metropolis.log_ratio(target, t, start, end, path)  # type: ignore[arg-type]
+        assert u is not None  # an adjusted kernel draws its uniforms (Kernel.draw)
+        return metropolis_select_with(self.log_accept(d_logp, start, end), start, end, u, flip=True)

@@ -11,11 +11,18 @@ with ``log pi(x') - log pi(x)`` from its :class:`~probcomp.inference.kernels.Met
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .base import Kernel, KernelState, MetropolisTest, StepInfo, Target, metropolis_select
+from .base import (
+    Kernel,
+    KernelState,
+    MetropolisTest,
+    StepInfo,
+    Target,
+    metropolis_select,
+    metropolis_select_with,
+    root,
+)
 
 __all__ = ["MALA", "ULA"]
 
@@ -32,14 +39,29 @@ class ULA(Kernel):
         self, state: KernelState, target: Target, t: float, eps: float, generator: torch.Generator
     ) -> tuple[KernelState, torch.Tensor]:
         """The Langevin proposal and its standard-normal noise ``z``."""
-        x, g = state.x, state.grad
+        x = state.x
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x1 = x + eps * g + math.sqrt(2 * eps) * noise
-        g1, logp1 = target(x1, t)
-        return state.moved(x1, g1, logp1), noise
+        return self.propose_with(state, target, t, eps, noise), noise
+
+    def propose_with(
+        self,
+        state: KernelState,
+        target: Target,
+        t: float | torch.Tensor,
+        eps: float | torch.Tensor,
+        noise: torch.Tensor,
+    ) -> KernelState:
+        """The Langevin proposal with its standard-normal noise given."""
+        x, g = state.x, state.grad
+        x1 = x + eps * g + root(2 * eps) * noise
+        g1, logp1 = target(x1, t)  # type: ignore[arg-type]  # a 0-d tensor in the compiled loop
+        return state.moved(x1, g1, logp1)
 
     def step(self, state, target, t, step_size, generator):
         return self.propose(state, target, t, step_size, generator)[0], StepInfo()
+
+    def step_with(self, state, target, t, step_size, z, u):
+        return self.propose_with(state, target, t, step_size, z), StepInfo()
 
 
 class MALA(ULA):
@@ -52,11 +74,28 @@ class MALA(ULA):
     def __init__(self, metropolis: MetropolisTest) -> None:
         Kernel.__init__(self, metropolis=metropolis)
 
-    def step(self, state, target, t, step_size, generator):
-        eps = step_size
-        proposal, noise = self.propose(state, target, t, eps, generator)
+    def log_accept(
+        self,
+        state: KernelState,
+        proposal: KernelState,
+        noise: torch.Tensor,
+        target: Target,
+        t: float | torch.Tensor,
+        eps: float | torch.Tensor,
+    ) -> torch.Tensor:
+        """``log a`` of the proposal made with ``noise`` (module docstring)."""
         log_q_fwd = -(noise.square().sum(1)) / 2  # |x1 - x - eps g|^2 / (4 eps)
         log_q_bwd = -(state.x - proposal.x - eps * proposal.grad).square().sum(1) / (4 * eps)
-        d_logp = self.metropolis.log_ratio(target, t, state, proposal)
-        log_a = d_logp + log_q_bwd - log_q_fwd
+        d_logp = self.metropolis.log_ratio(target, t, state, proposal)  # type: ignore[arg-type]
+        return d_logp + log_q_bwd - log_q_fwd
+
+    def step(self, state, target, t, step_size, generator):
+        proposal, noise = self.propose(state, target, t, step_size, generator)
+        log_a = self.log_accept(state, proposal, noise, target, t, step_size)
         return metropolis_select(log_a, state, proposal, generator, flip=False)
+
+    def step_with(self, state, target, t, step_size, z, u):
+        proposal = self.propose_with(state, target, t, step_size, z)
+        log_a = self.log_accept(state, proposal, z, target, t, step_size)
+        assert u is not None  # an adjusted kernel draws its uniforms (Kernel.draw)
+        return metropolis_select_with(log_a, state, proposal, u, flip=False)

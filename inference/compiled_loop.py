@@ -1,0 +1,385 @@
+r"""The compiled fast path of :class:`~probcomp.inference.AnnealedMCMC` (``compile=...``).
+
+On cheap factors (analytic mixtures, small networks) an eager annealed sampler spends most of
+its time in Python and in dispatching small tensor operations, not in arithmetic.  This module
+compiles, with :func:`torch.compile` (``fullgraph=True``: one graph or none), the arithmetic of
+a level's MCMC moves:
+
+* **the k transitions of a level** (:class:`CompiledLevels`): every kernel step -- the Langevin
+  proposal or the momentum refresh and the leapfrog steps, each evaluation of the composed
+  target, the Metropolis test and the selection -- and the Robbins-Monro adaptation of the step
+  size between them, as one graph per level (inductor fuses the elementwise work of a whole
+  trajectory; on CUDA, mode ``"reduce-overhead"`` replays it as one CUDA graph);
+* **the target** (:class:`CompiledTarget`): the composed score and log-density of the scene on
+  flat particles, used between levels by the reverse step and the SMC weight increments.
+
+What stays eager, and why:
+
+* **the random numbers.**  ``torch.Generator`` draws cannot be traced reproducibly, so a level
+  first draws every transition's standard normals ``z`` and uniforms ``u`` eagerly, from the
+  run's generator in the order the eager kernels draw them (:meth:`Kernel.draw
+  <probcomp.inference.kernels.Kernel.draw>`), and passes them in as tensors; the compiled
+  :meth:`Kernel.step_with <probcomp.inference.kernels.Kernel.step_with>` then computes what
+  :meth:`~probcomp.inference.kernels.Kernel.step` does.  Same seed, same draws: samples agree
+  with the eager path to float tolerance (inductor may reorder a reduction or fuse a
+  multiply-add), with the same accept / reject decisions.
+* **the counters and the checks.**  The target is evaluated without the compiled scene's
+  side effects (its NFE counters and first-call shape checks, which the eager initial state
+  has already run); the counts of each compiled call are added afterwards, so ``nfe`` and
+  ``calls`` are the eager path's.  The per-level finiteness checks and diagnostics, resampling
+  and distributed collectives stay in the engine.
+
+Only the built-in kernels (which implement ``step_with``) on scenes whose observations are all
+identities (no autograd pull-back inside the graph) are compiled; otherwise, or if tracing or
+compiling fails (a factor that is not traceable), :class:`CompiledLevels` warns once (with
+``compile=True`` or a mode name; quietly with ``"auto"``) and the engine runs eagerly: the eager
+path is both the fallback and the reference.  A failed level restores the generator's state
+before falling back, so a fallback run gives exactly the eager run's samples.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from probcomp.compiled import CompiledScene
+from probcomp.errors import ScheduleError, first_line
+
+from .kernels import HMC, MALA, UHMC, ULA, Kernel, KernelState, ScoreLineTest
+from .kernels.base import FlatTarget
+from .steps import Packer
+
+__all__ = ["COMPILE_MODES", "CompiledLevels", "CompiledTarget", "check_compile", "compile_mode", "fast_path"]
+
+#: ``torch.compile`` modes accepted by name as the ``compile`` option
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_BUILT_IN = (ULA, MALA, UHMC, HMC)
+#: transitions per compiled call (``None``: a level's ``k`` in one graph).  One keeps the graph
+#: (and the compile time, which grows with the graph) that of a single transition, at the cost
+#: of ``k`` calls per level instead of one: see ``benchmarks/loop_cost.py``.
+TRANSITIONS_PER_CALL: int | None = 1
+
+Flat = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def check_compile(value: Any) -> bool | str:
+    """The validated ``compile`` option: ``False``, ``True``, ``"auto"`` or one of :data:`COMPILE_MODES`."""
+    if value is None or value is False:
+        return False
+    if value is True or (isinstance(value, str) and value in ("auto", *COMPILE_MODES)):
+        return value
+    raise ScheduleError(f"compile must be False, True, 'auto' or one of {COMPILE_MODES}, got {value!r}")
+
+
+def compile_mode(option: bool | str, device: torch.device | str) -> str:
+    """The ``torch.compile`` mode of an option: a named mode as given, else CUDA graphs
+    (``"reduce-overhead"``) on a CUDA device and ``"default"`` elsewhere."""
+    if isinstance(option, str) and option in COMPILE_MODES:
+        return option
+    return "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+
+
+class _Unsupported(Exception):
+    """A scene or kernel the compiled path does not handle (the engine runs eagerly)."""
+
+
+def _own_code(fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
+    """``fn`` with a code object of its own, so that each compiled loop has its own dynamo
+    cache (instances never evict or recompile each other's graphs)."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    out = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    return out
+
+
+def flat_target(compiled: CompiledScene, packer: Packer, energy: bool) -> Flat:
+    """``(x, t) -> (grad log pi_t, log pi_t or None)`` on flat particles with ``t`` a 0-d float64
+    tensor: the arithmetic of :meth:`CompiledScene.target` without its counters and checks
+    (what :func:`torch.compile` traces).  Identity observations only (a :class:`_Unsupported`
+    otherwise): a pull-back by autograd does not trace into one graph."""
+    lifted = [term.observable for term in compiled.terms if not term.fn.is_identity]
+    if lifted:
+        raise _Unsupported(
+            f"observables {sorted(set(lifted))} have observation functions (autograd pull-backs)"
+        )
+    groups = compiled.groups
+
+    def target(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        xs = packer.unpack(x)
+        n = x.shape[0]
+        grads: dict[str, torch.Tensor | None] = dict.fromkeys(xs)
+        log_p = torch.zeros(n, dtype=x.dtype, device=x.device) if energy else None
+        for group in groups:
+            factor = group[0].factor
+            ys = [xs[term.parents[0]] for term in group]
+            y = torch.cat(ys) if len(ys) > 1 else ys[0]
+            tf = compiled.factor_time(factor, t)
+            if any(term.factor is not factor for term in group):
+                s, e = CompiledScene._evaluate_copies(group, y, tf, energy)
+            elif energy:
+                s, e = factor.score_and_energy(y, tf)
+            else:
+                s, e = factor.score(y, tf), None
+            for k, term in enumerate(group):
+                sk = s[k * n : (k + 1) * n] if len(group) > 1 else s
+                ws = sk if term.weight == 1.0 else term.weight * sk
+                p = term.parents[0]
+                gp = grads[p]
+                grads[p] = ws if gp is None else gp + ws
+                if log_p is not None:
+                    assert e is not None  # the eager initial state checked that energies exist
+                    ek = e[k * n : (k + 1) * n] if len(group) > 1 else e
+                    log_p = log_p - term.weight * ek
+        out = {k: torch.zeros_like(xs[k]) if g is None else g for k, g in grads.items()}
+        return packer.pack(out), log_p
+
+    return target
+
+
+def _count(compiled: CompiledScene, evaluations: int) -> None:
+    """Add ``evaluations`` target evaluations to the scene's counters, as the eager target counts them."""
+    for term in compiled.terms:
+        compiled.nfe[term.key] += evaluations * term.factor.cost
+    compiled.calls += evaluations * len(compiled.groups)
+
+
+def _evaluations_per_step(kernel: Kernel) -> int:
+    """Target evaluations of one transition of a built-in kernel."""
+    moves = kernel.leapfrog_steps if isinstance(kernel, UHMC) else 1
+    test = kernel.metropolis
+    return moves + (test.points - 2 if isinstance(test, ScoreLineTest) else 0)
+
+
+class _Compiled:
+    """A compiled function with eager fallback: warns once and disables itself on failure."""
+
+    def __init__(self, option: bool | str, device: torch.device | str, what: str) -> None:
+        self.option, self.what = option, what
+        self.mode = compile_mode(option, device)
+        self.cudagraphs = self.mode == "reduce-overhead" and torch.device(device).type == "cuda"
+        self.failed: str | None = None
+        self.warned = [False]  # shared by the transitions and the target of a run: one warning
+        self.compile_time = 0.0  # seconds of the levels that compiled (tracing, code generation)
+        self.calls = 0
+
+    def compile(self, fn: Callable[..., Any], tag: str) -> Callable[..., Any]:
+        return torch.compile(_own_code(fn, tag), fullgraph=True, mode=self.mode)
+
+    def fail(self, err: BaseException | str) -> None:
+        reason = err if isinstance(err, str) else f"{type(err).__name__}: {first_line(err)}"
+        self.failed = reason
+        if self.option != "auto" and not self.warned[0]:
+            self.warned[0] = True
+            warnings.warn(
+                f"AnnealedMCMC(compile={self.option!r}): {self.what} could not be compiled ({reason}); "
+                "running eagerly",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def begin(self) -> None:
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    def keep(self, v: torch.Tensor | None) -> torch.Tensor | None:
+        """An output that outlives the next call (a CUDA graph overwrites its outputs)."""
+        return v.clone() if self.cudagraphs and v is not None else v
+
+
+class CompiledTarget(_Compiled):
+    """A drop-in :class:`~probcomp.inference.kernels.FlatTarget` whose evaluations are compiled
+    (module docstring); falls back to the eager target on failure."""
+
+    def __init__(
+        self, eager: FlatTarget, option: bool | str, device: torch.device | str, *, enabled: bool = True
+    ) -> None:
+        super().__init__(option, device, "the target")
+        self.eager, self.energy = eager, eager.energy
+        self.compiled, self.packer = eager.compiled, eager.packer
+        self._fn: Callable[..., Any] | None = None
+        if not enabled:  # (the transitions' failure was reported)
+            return
+        try:
+            self._fn = self.compile(
+                flat_target(eager.compiled, eager.packer, eager.energy), f"target_{id(self):x}"
+            )
+        except _Unsupported as e:
+            self.fail(str(e))
+
+    def __call__(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._fn is None or self.failed is not None:
+            return self.eager(x, t)
+        tt = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        try:
+            self.begin()
+            g, log_p = self._fn(x, tt)
+        except Exception as e:  # a factor that does not trace: this and later calls run eagerly
+            self.fail(e)
+            return self.eager(x, t)
+        _count(self.compiled, 1)
+        return self.keep(g), self.keep(log_p)  # type: ignore[return-value]
+
+
+class CompiledLevels(_Compiled):
+    """The ``k`` transitions of a level, with step-size adaptation, as one compiled call.
+
+    :meth:`level` draws the level's random numbers eagerly, runs the compiled transitions and
+    returns ``(state, accept_probs, log_c)`` as the engine's eager loop computes them, or
+    ``None`` (generator restored) when the path is unavailable or compiling failed.
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        target: FlatTarget,
+        steps: int,
+        *,
+        adapt: bool,
+        adapt_rate: float,
+        target_accept: float,
+        option: bool | str,
+        device: torch.device | str,
+        per_call: int | None = None,
+    ) -> None:
+        super().__init__(option, device, f"the {kernel.name!r} transitions")
+        self.kernel, self.target, self.k = kernel, target, int(steps)
+        self._fn: Callable[..., Any] | None = None
+        self._shape = torch.Size()
+        try:
+            if type(kernel) not in _BUILT_IN:  # (a subclass may draw or step otherwise)
+                raise _Unsupported(f"kernel {kernel.name!r} is not one of the built-in kernels")
+            flat = flat_target(target.compiled, target.packer, target.energy)
+        except _Unsupported as e:
+            self.fail(str(e))
+            return
+        # transitions per compiled call: the whole level, or one (then k calls of one graph)
+        whole = per_call is None or self.k % max(1, int(per_call)) != 0
+        self.per_call = max(1, self.k if whole else int(per_call))  # type: ignore[arg-type]
+        self.evaluations = self.per_call * _evaluations_per_step(kernel)
+        adjusted, m = kernel.adjusted, self.per_call
+        rate, goal = float(adapt_rate), float(target_accept)
+        adapt = bool(adapt) and adjusted
+
+        def transitions(
+            x: torch.Tensor,
+            grad: torch.Tensor,
+            log_p: torch.Tensor | None,
+            momentum: torch.Tensor,
+            zs: tuple[torch.Tensor, ...],
+            us: tuple[torch.Tensor, ...],
+            t: torch.Tensor,
+            eps0: torch.Tensor,
+            log_c0: torch.Tensor,
+            log_c: torch.Tensor,
+        ) -> tuple[Any, ...]:
+            """``m`` transitions from ``(x, grad, log_p, momentum)``; the step size is
+            ``eps0 exp(log_c - log_c0)`` (exactly ``eps0`` until ``log c`` moves)."""
+            state, accs = KernelState(x, grad, log_p, momentum), []
+            for j in range(m):
+                eps = eps0 * torch.exp(log_c - log_c0) if adapt else eps0
+                state, info = kernel.step_with(  # (a plain function: step_with reads no `energy`)
+                    state,
+                    flat,  # pyright: ignore[reportArgumentType]
+                    t,
+                    eps,
+                    zs[j],
+                    us[j] if adjusted else None,
+                )
+                if info.accept_prob is not None:
+                    accs.append(info.accept_prob)
+                    if adapt:  # the engine's Robbins-Monro update of log c, in float64
+                        log_c = log_c + rate * (info.accept_prob.mean().double() - goal) * 10
+            acc = torch.stack(accs) if accs else None
+            return state.x, state.grad, state.log_p, state.momentum, log_c, acc
+
+        self._fn = self.compile(transitions, f"levels_{id(self):x}")
+
+    @property
+    def available(self) -> bool:
+        return self._fn is not None and self.failed is None
+
+    def level(
+        self, state: KernelState, t: float, step_size: float, log_c: float, generator: torch.Generator
+    ) -> tuple[KernelState, list[torch.Tensor], float] | None:
+        """The level's transitions from ``state`` at ``t``, starting at ``step_size`` (the eager
+        loop's ``eps`` for ``log_c``); ``None`` when the engine must run them eagerly."""
+        if not self.available:
+            return None
+        assert self._fn is not None
+        x, m = state.x, self.per_call
+        # the generator is restored if compiling fails (first call, or a new particle count)
+        saved = generator.get_state() if self.calls == 0 or x.shape != self._shape else None
+        self._shape = x.shape
+        draws = [self.kernel.draw(x, generator) for _ in range(self.k)]
+        zs = [z for z, _ in draws]
+        us = [u for _, u in draws if u is not None]
+
+        def f64(v: float) -> torch.Tensor:
+            return torch.tensor(v, dtype=torch.float64, device=x.device)
+
+        tt, eps0, log_c0 = f64(t), f64(step_size), f64(log_c)
+        lc, accs, cur = log_c0, [], (state.x, state.grad, state.log_p, state.momentum)
+        start = time.perf_counter()
+        try:
+            for j in range(0, self.k, m):
+                self.begin()
+                *cur, lc, acc = self._fn(
+                    *cur, tuple(zs[j : j + m]), tuple(us[j : j + m]), tt, eps0, log_c0, lc
+                )
+                cur = [self.keep(v) for v in cur]
+                if acc is not None:
+                    accs.extend(self.keep(acc).unbind(0))  # type: ignore[union-attr]
+        except Exception as e:  # not traceable: restore the draws, and the engine runs eagerly
+            if saved is None:
+                raise
+            generator.set_state(saved)
+            self.fail(e)
+            return None
+        if saved is not None:  # (this level compiled its graph)
+            self.compile_time += time.perf_counter() - start
+        _count(self.target.compiled, self.evaluations * (self.k // m))
+        self.calls += 1
+        new_c = float(lc) if self.kernel.adjusted else log_c
+        x1, g1, log_p1, p1 = cur
+        assert x1 is not None and g1 is not None and p1 is not None  # (only log_p may be None)
+        return KernelState(x1, g1, log_p1, p1), accs, new_c
+
+
+def fast_path(
+    cache: dict[Any, Any],
+    option: bool | str,
+    kernel: Kernel,
+    target: FlatTarget,
+    *,
+    steps: int,
+    adapt: bool,
+    adapt_rate: float,
+    target_accept: float,
+    device: torch.device | str,
+) -> tuple[CompiledLevels, CompiledTarget]:
+    """The compiled transitions and target of a run of an engine on ``target``'s compiled scene,
+    kept in the engine's ``cache`` so that later runs on the same compiled scene reuse their
+    graphs (compiling takes seconds to minutes; an engine's settings do not change)."""
+    key = (id(target.compiled), target.energy, str(torch.device(device)))
+    hit = cache.get(key)
+    if hit is not None and hit[0] is target.compiled:
+        return hit[1], hit[2]
+    levels = CompiledLevels(
+        kernel,
+        target,
+        steps,
+        adapt=adapt,
+        adapt_rate=adapt_rate,
+        target_accept=target_accept,
+        option=option,
+        device=device,
+        per_call=TRANSITIONS_PER_CALL,
+    )
+    flat = CompiledTarget(target, option, device, enabled=levels.available)
+    flat.warned = levels.warned
+    cache[key] = (target.compiled, levels, flat)
+    return levels, flat
