@@ -172,8 +172,11 @@ def configs() -> list[Config]:
 
 
 QUICK = ("ddpm 100", "recommended 15x2")
-#: AnnealedMCMC's defaults, and the earlier defaults (100 x 10 on the 2-D target, 100 x 3 elsewhere)
-DEFAULT, EARLIER = "recommended 45x2", ("hmc 100x10", "hmc 100x3")
+#: the configurations AnnealedMCMC() runs (its ENERGY_SETTINGS where every factor has an energy,
+#: its SCORE_ONLY_SETTINGS on the score-only targets), and the earlier defaults (100 x 10 on the
+#: 2-D target, 100 x 3 elsewhere)
+DEFAULT, DEFAULT_SCORE_ONLY, EARLIER = "recommended 45x2", "hmc-ais log-snr 40x1", ("hmc 100x10", "hmc 100x3")
+SCORE_ONLY_TARGETS = ("learned-score",)
 
 
 # Exact references ---------------------------------------------------------------------
@@ -275,11 +278,12 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         cheap = [(k, r) for k, r in rows if r["nfe"] <= GOAL["nfe"]]
         best = min(cheap, key=lambda kr: kr[1]["w2_ratio"] + 10 * kr[1]["mode_err_p90"], default=None)
         earlier = next((k for k in EARLIER if k in tgt["configs"]), None)
+        default = DEFAULT_SCORE_ONLY if name in SCORE_ONLY_TARGETS else DEFAULT
         out[name] = {
             **{
                 label: {k: tgt["configs"][c][k] for k in ("nfe", "w2_ratio", "mode_err_p90", "ll_gap")}
                 | {"config": c}
-                for label, c in (("default", DEFAULT), ("earlier_default", earlier))
+                for label, c in (("default", default), ("earlier_default", earlier))
                 if c in tgt["configs"]
             },
             "cheapest_at_floor": {"config": at_floor[0][1], "nfe": at_floor[0][0]} if at_floor else None,

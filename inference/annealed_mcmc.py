@@ -86,11 +86,26 @@ from .steps import Packer
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["AUTO_WEIGHT_DIM", "KERNELS", "RECOMMENDED_GRID", "SCORE_ONLY_SETTINGS", "AnnealedMCMC"]
+__all__ = [
+    "AUTO_WEIGHT_DIM",
+    "ENERGY_SETTINGS",
+    "KERNELS",
+    "RECOMMENDED_GRID",
+    "SCORE_ONLY_SETTINGS",
+    "AnnealedMCMC",
+]
 
-#: the grid of the recommended configuration (the defaults): levels uniform in log-SNR from
-#: t_max = 0.6 to t_min = 3e-4 (benchmarks/frontier.py)
-RECOMMENDED_GRID: dict[str, Any] = {"spacing": "log-snr", "t_max": 0.6, "t_min": 3e-4}
+#: the defaults' level placement: uniform in log-SNR (benchmarks/frontier.py)
+RECOMMENDED_GRID: dict[str, Any] = {"spacing": "log-snr"}
+#: the settings measured best where every factor has an energy (benchmarks/frontier.py, three
+#: exact products): two transitions of two leapfrog steps on 45 levels from t = 0.6 to 3e-4
+ENERGY_SETTINGS: dict[str, Any] = {
+    "steps_per_level": 2,
+    "levels": 45,
+    "leapfrog_steps": 2,
+    "t_max": 0.6,
+    "t_min": 3e-4,
+}
 _DEFAULT_STEP = 0.05  # c in eps(t) = c sigma_t^2; adapted by the adjusted kernels
 #: under ``resample="auto"``, score-only terms of at most this many coordinates get annealed-
 #: importance weights: a weight increment costs ``2 d + 1`` score calls per such term and level
@@ -113,22 +128,26 @@ _DEFAULT_ACCEPT: dict[str, float | None] = {"mala": MALA.target_accept, "hmc": H
 class AnnealedMCMC(LevelTransitions, DiffusionEngine):
     """Annealed ULA / MALA / underdamped-Langevin / HMC (or any kernel) over the controls of a scene.
 
-    The defaults are the recommended configuration of the cost-accuracy frontier
-    (``benchmarks/frontier.py``): generalised HMC (two transitions of two leapfrog steps per
-    level) with annealed-importance weights, resampled when the ESS falls below half, on 45
-    levels uniform in log-SNR from ``t_max = 0.6`` to ``t_min = 3e-4`` -- about 225 gradient
-    evaluations per factor and particle.  It uses energies where every factor has one, and
-    scores alone otherwise (Metropolis test and weights; the weights of a score-only factor
-    cost ``2 d + 1`` more calls per level, so ``resample="auto"`` drops them for factors of
-    more than :data:`AUTO_WEIGHT_DIM` coordinates, such as images and latents).
+    The defaults are the configurations the cost-accuracy frontier (``benchmarks/frontier.py``)
+    measured best, chosen at run time by the scene's factors: generalised HMC with
+    annealed-importance weights, resampled when the ESS falls below half, on levels uniform in
+    log-SNR; where every factor has an energy, :data:`ENERGY_SETTINGS` (two transitions of two
+    leapfrog steps on 45 levels from ``t = 0.6`` to ``3e-4``, about 225 gradient evaluations per
+    factor and particle, Metropolis test and weights exact), otherwise
+    :data:`SCORE_ONLY_SETTINGS` (one transition of three leapfrog steps on 40 levels from
+    ``t = 1`` to ``1e-3``; test and weights from scores).  A setting passed explicitly is kept
+    either way.  The weights of a score-only factor cost ``2 d + 1`` more calls per level, so
+    ``resample="auto"`` drops them for factors of more than :data:`AUTO_WEIGHT_DIM` coordinates
+    (images, latents).
 
     Args:
         kernel: ``"ula"``, ``"mala"``, ``"uhmc"``, ``"hmc"`` or a
             :class:`~probcomp.inference.kernels.Kernel` object (which brings its own test).
-        steps_per_level: MCMC transitions at every noise level.
-        levels: number of noise levels (reverse steps) from ``t_max`` to 0.
+        steps_per_level: MCMC transitions at every noise level (default: by the factors).
+        levels: number of noise levels (reverse steps) from ``t_max`` to 0 (default: by the
+            factors).
         step_size: ``c`` in ``eps(t) = c sigma_t^2``, or a callable ``t -> eps``.
-        leapfrog_steps, damping, mass: of ``uhmc`` / ``hmc``.
+        leapfrog_steps, damping, mass: of ``uhmc`` / ``hmc`` (``leapfrog_steps``: by the factors).
         metropolis: ``"energy"``, ``"score"``, ``"effective"`` (HMC) or ``None`` for the
             default: energies when every factor has one, else the score line integral.
         trapezoid_points: points of the trapezoid rule of ``"score"`` tests (>= 2).
@@ -148,10 +167,11 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         compile: run each level's transitions and the target compiled by ``torch.compile``
             (:mod:`~probcomp.inference.compiled_loop`: ``True``, ``"auto"`` (no warning when it
             falls back to eager) or a ``torch.compile`` mode; CUDA graphs on CUDA by default).
-        t_min: the last MCMC level, then one denoising step to 0 (default 3e-4; with 0 the
-            levels are uniform on ``[0, t_max]``: see :data:`probcomp.schedules.DEFAULT_T_MIN`).
-        t_max, spacing: the first level (default 0.6) and the placement of the levels
-            (default ``"log-snr"``; :func:`probcomp.schedules.time_grid`).
+        t_min: the last MCMC level, then one denoising step to 0 (default: by the factors;
+            with 0 the levels are uniform on ``[0, t_max]``: see
+            :data:`probcomp.schedules.DEFAULT_T_MIN`).
+        t_max, spacing: the first level (default: by the factors) and the placement of the
+            levels (default ``"log-snr"``; :func:`probcomp.schedules.time_grid`).
         schedule, group, dtype, device, progress: as in
             :class:`~probcomp.inference.ReverseDiffusion`.
         callback: called at every level after its transitions with a
@@ -165,11 +185,11 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
     def __init__(
         self,
         kernel: str | Kernel = "hmc",
-        steps_per_level: int = 2,
-        levels: int = 45,
+        steps_per_level: int | None = None,
+        levels: int | None = None,
         *,
         step_size: float | Callable[[float], float] | None = None,
-        leapfrog_steps: int = 2,
+        leapfrog_steps: int | None = None,
         damping: float = 0.5,
         mass: float = 1.0,
         metropolis: str | None = None,
@@ -185,6 +205,19 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         compile: bool | str = False,
         **options: Unpack[DiffusionOptions],
     ) -> None:
+        given = dict(locals())  # the arguments as passed, to build the score-only variant
+        for key in ("self", "__class__", "options"):
+            given.pop(key, None)
+        given.update(options)
+        self._by_factors = frozenset(k for k in ENERGY_SETTINGS if given.get(k) is None)
+        self._score_only: AnnealedMCMC | None = None
+        self._given = given
+        self.settings = "energy" if self._by_factors else "given"
+        steps_per_level = ENERGY_SETTINGS["steps_per_level"] if steps_per_level is None else steps_per_level
+        levels = ENERGY_SETTINGS["levels"] if levels is None else levels
+        leapfrog_steps = ENERGY_SETTINGS["leapfrog_steps"] if leapfrog_steps is None else leapfrog_steps
+        for key in ("t_max", "t_min"):
+            options.setdefault(key, ENERGY_SETTINGS[key])  # type: ignore[misc]
         user = kernel if isinstance(kernel, Kernel) else None
         if user is None and kernel not in KERNELS:
             raise ScheduleError(f"kernel must be one of {KERNELS} or a Kernel object, got {kernel!r}")
@@ -246,6 +279,19 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         self._compiled_loops: dict[Any, Any] = {}  # compiled_loop.fast_path's graphs, per compiled scene
 
     # ------------------------------------------------------------------------------
+    def for_factors(self, compiled: CompiledScene) -> AnnealedMCMC:
+        """The engine a run on ``compiled`` uses: this one, or, where a factor has only a score,
+        a copy with :data:`SCORE_ONLY_SETTINGS` for the settings left to their defaults
+        (``steps_per_level``, ``levels``, ``leapfrog_steps``, ``t_max``, ``t_min``;
+        ``stats["settings"]`` says which: ``"energy"``, ``"score-only"`` or ``"given"``)."""
+        if not self._by_factors or compiled.has_energy:
+            return self
+        if self._score_only is None:
+            chosen = {k: SCORE_ONLY_SETTINGS[k] for k in self._by_factors}
+            self._score_only = AnnealedMCMC(**{**self._given, **chosen})
+            self._score_only.settings = "score-only"
+        return self._score_only
+
     def resample_for(self, compiled: CompiledScene) -> str | None:
         """The resampling rule a run on ``compiled`` uses: ``resample``, with ``"auto"`` resolved
         (``"ess"`` unless a score-only factor has more than :data:`AUTO_WEIGHT_DIM` coordinates)."""
@@ -332,6 +378,11 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         """
         comm = communicator(distributed)
         compiled = self.prepare(scene, num_samples)
+        engine = self.for_factors(compiled)
+        if engine is not self:
+            return engine.run(
+                compiled, num_samples, seed=seed, num_chains=num_chains, distributed=distributed
+            )
         if num_samples < comm.world_size:
             raise SceneError(f"num_samples={num_samples} is fewer than the {comm.world_size} ranks")
         kernel, test = self._kernel(compiled)
@@ -422,6 +473,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             "steps_per_level": self.k,
             "levels": self.num_levels,
             "resample": resample,
+            "settings": self.settings,
             **({"ess_final": ess_final} if resample else {}),
             **rec.tensors(),
         }

@@ -11,10 +11,10 @@ which adds the oracle row.  Every method is scored against exact product samples
 * ``exact (floor)``      -- two independent exact draws against each other;
 * ``ddpm summed scores`` -- reverse diffusion on ``s_ring + s_bar`` (the common baseline);
 * ``ddim summed scores`` -- the deterministic variant;
-* ``annealed HMC + AIS`` -- :class:`~probcomp.inference.AnnealedMCMC`, annealed HMC with
-  annealed-importance weights on a log-SNR grid, which samples the composed target at every
-  level instead of summing noised scores: its defaults on the analytic factors, its settings
-  for score-only factors (``SCORE_ONLY_SETTINGS``) on the learned ones;
+* ``annealed HMC + AIS`` -- ``AnnealedMCMC()``, annealed HMC with annealed-importance weights
+  on a log-SNR grid, which samples the composed target at every level instead of summing
+  noised scores (its defaults: the settings for energies on the analytic factors, for
+  score-only factors on the learned ones);
 * ``ddpm oracle score``  -- (analytic only) reverse diffusion on the exact noised
   product's score, which isolates the composition bias from the sampler's error.
 """
@@ -107,7 +107,6 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every method, return the metrics as a JSON-ready dict (and write the PNG)."""
     from probcomp.inference import AnnealedMCMC, ReverseDiffusion
-    from probcomp.inference.annealed_mcmc import SCORE_ONLY_SETTINGS
 
     target = analytic_target() if analytic else learned_target()
     gen = torch.Generator().manual_seed(seed)
@@ -121,7 +120,7 @@ def run_demo(
     methods: list[tuple[str, Any, Scene]] = [
         ("ddpm summed scores", ReverseDiffusion(steps=steps, sampler="ddpm"), scene),
         ("ddim summed scores", ReverseDiffusion(steps=steps, sampler="ddim"), scene),
-        ("annealed HMC + AIS", AnnealedMCMC() if analytic else AnnealedMCMC(**SCORE_ONLY_SETTINGS), scene),
+        ("annealed HMC + AIS", AnnealedMCMC(), scene),
     ]
     if target.oracle is not None:
         oracle = Scene()

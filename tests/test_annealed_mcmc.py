@@ -351,3 +351,37 @@ def test_the_default_configuration_samples_the_analytic_ring_bar_product():
     assert abs(gap) < 0.1, gap
     assert res.stats["nfe_total"] <= 2 * 230 and res.stats["metropolis"] == "energy"
     assert res.stats["resample"] == "ess"
+
+
+def test_the_defaults_follow_the_factors_and_keep_what_is_given():
+    """``AnnealedMCMC()`` runs ENERGY_SETTINGS where every factor has an energy and
+    SCORE_ONLY_SETTINGS where one has only a score; settings passed explicitly are kept, and a
+    fully specified engine is used as it is."""
+    from probcomp.inference.annealed_mcmc import ENERGY_SETTINGS, SCORE_ONLY_SETTINGS
+
+    ring, bar, _ = targets.analytic_ring_bar()
+    energy, scores = _scene(ring, bar), _scene(_ScoreOnly(ring), bar)
+    engine = AnnealedMCMC()
+    for scene, want, label in (
+        (energy, ENERGY_SETTINGS, "energy"),
+        (scores, SCORE_ONLY_SETTINGS, "score-only"),
+    ):
+        res = engine.run(scene, 64, seed=0)
+        assert res.stats["settings"] == label
+        assert (res.stats["levels"], res.stats["steps_per_level"]) == (
+            want["levels"],
+            want["steps_per_level"],
+        )
+        assert float(res.stats["t"][0]) == pytest.approx(want["t_max"])
+    again = engine.run(scores, 64, seed=0)
+    assert torch.equal(again["x"], engine.run(scores, 64, seed=0)["x"])
+    ten = AnnealedMCMC(levels=10, leapfrog_steps=4).run(scores, 64, seed=0)
+    assert ten.stats["levels"] == 10 and ten.stats["settings"] == "score-only"
+    spelled = AnnealedMCMC("hmc", 1, 10, leapfrog_steps=4, t_max=1.0, t_min=1e-3).run(scores, 64, seed=0)
+    assert torch.equal(ten["x"], spelled["x"]) and ten.stats["nfe_total"] == spelled.stats["nfe_total"]
+    given = AnnealedMCMC("hmc", 3, 12, leapfrog_steps=2, t_max=0.9, t_min=1e-3).run(scores, 64, seed=0)
+    assert (given.stats["settings"], given.stats["levels"], given.stats["steps_per_level"]) == (
+        "given",
+        12,
+        3,
+    )

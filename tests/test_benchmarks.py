@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import probcomp as pc
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -217,3 +219,29 @@ def test_frontier_benchmark_quick():
 def test_lift_rejection_benchmark_quick():
     data = _quick("lift_rejection.py", "--quick")
     assert data["floor_w2"]["mean"] > 0 and data["reverse"]
+
+
+def test_the_frontier_names_the_configurations_the_defaults_run():
+    """The frontier's summary calls two named configurations AnnealedMCMC()'s defaults: they
+    must run what AnnealedMCMC() runs, with energies and with scores alone."""
+    sys.path.insert(0, str(BENCH))
+    import frontier
+
+    from probcomp.inference import AnnealedMCMC
+    from probcomp.targets import products
+
+    class ScoreOnly(pc.factors.ScoreFactor):
+        def __init__(self, inner):
+            super().__init__(inner.event_shape, inner.schedule, f"{inner.name}-score-only")
+            self.inner = inner
+
+        def score(self, y, t):
+            return self.inner.score(y, t)
+
+    named = {c.name: c for c in frontier.configs()}
+    energy = products.ring_bar().scene()
+    scores = products.ring_bar().scene(factors=tuple(ScoreOnly(f) for f in products.ring_bar().factors))
+    for scene, name in ((energy, frontier.DEFAULT), (scores, frontier.DEFAULT_SCORE_ONLY)):
+        want = named[name].make().run(scene, 32, seed=0)
+        got = AnnealedMCMC().run(scene, 32, seed=0)
+        assert torch.equal(got["x"], want["x"]) and got.stats["nfe_total"] == want.stats["nfe_total"], name
