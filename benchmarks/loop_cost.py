@@ -363,6 +363,7 @@ def main() -> None:
     emit(
         {
             "benchmark": "loop_cost",
+            "command": "python benchmarks/loop_cost.py" + (" --quick" if a.quick else ""),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "device": "cpu",
