@@ -121,7 +121,7 @@ GOAL = {"nfe": 500, "w2_ratio": 1.1, "mode_err_p90": 0.02, "ll_gap": 0.1}
 @dataclass(frozen=True)
 class Config:
     """One sampler at one budget: ``family`` names the line of the frontier it belongs to;
-    ``everywhere=False`` keeps a costly point to the 2-D target."""
+    ``everywhere=False`` keeps a point to the 2-D targets (costly, or meant for learned ones)."""
 
     family: str
     budget: tuple[int, ...]
@@ -168,6 +168,12 @@ def configs() -> list[Config]:
         out += [
             Config(family, (lv, k), _hmc(lv, k, **kw), everywhere=(lv, k) != (100, 10)) for lv, k in budgets
         ]
+    # learned energies weighted by their energies instead of their scores (weights="auto" uses
+    # scores for learned factors; on analytic factors this is the same as "hmc-ais log-snr")
+    energy_weights = {**AIS, **LOG_SNR, "weights": "energy"}
+    out.append(
+        Config("hmc-ais log-snr energy-weights", (40, 1), _hmc(40, 1, **energy_weights), everywhere=False)
+    )
     return out
 
 
@@ -176,7 +182,7 @@ QUICK = ("ddpm 100", "recommended 15x2")
 #: its SCORE_ONLY_SETTINGS on the score-only targets), and the earlier defaults (100 x 10 on the
 #: 2-D target, 100 x 3 elsewhere)
 DEFAULT, DEFAULT_SCORE_ONLY, EARLIER = "recommended 45x2", "hmc-ais log-snr 40x1", ("hmc 100x10", "hmc 100x3")
-SCORE_ONLY_TARGETS = ("learned-score",)
+SCORE_ONLY_TARGETS = ("learned-score", "learned-energy")  # (learned energies: weights from scores)
 
 
 # Exact references ---------------------------------------------------------------------
@@ -350,7 +356,11 @@ def main(argv: list[str] | None = None) -> None:
         names = [Path(m).name for m in args.merge]
         result = {"config": parts[0]["config"], "targets": {}, "merged_from": names}
         for part in parts:  # each target keeps the settings of the run that measured it
-            result["targets"].update({k: {**v, "run": part["config"]} for k, v in part["targets"].items()})
+            for name, tgt in part["targets"].items():
+                if name in result["targets"]:  # a later run adds configurations to a target
+                    result["targets"][name]["configs"].update(tgt["configs"])
+                else:
+                    result["targets"][name] = {**tgt, "run": part["config"]}
         result["summary"] = summarise(result)
         result["wall_s"] = sum(part.get("wall_s", math.nan) for part in parts)
         if args.png:
@@ -389,7 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         result["targets"][tname] = tgt
         for c in chosen:
-            if not (c.everywhere or tname == "ring-bar"):
+            if not (c.everywhere or tname not in ("planes-3d", "slabs-8d")):
                 continue
             row = run_config(c, ref, args.n, seeds)
             tgt["configs"][c.name] = row

@@ -354,6 +354,7 @@ def _frontier(r: Results) -> str:
     f = "frontier.json"
     s = "summary"
     L = ("targets", "learned-score", "configs")
+    E = ("targets", "learned-energy", "configs")
     summ = r.data[f]["summary"]
     ratios = [
         summ[t]["earlier_default"]["nfe"] / summ[t]["default"]["nfe"]
@@ -407,6 +408,21 @@ def _frontier(r: Results) -> str:
   extra transition at low noise follows the model's error.  The issue's goal for learned models
   (mode error <= 0.03, gap <= 0.2 nats at <= 2000 NFE) is met for the gap and the cost, missed for
   the mode error.
+- **On the zoo's learned energies** (`learned-energy`: `ring8-energy` x `bar-energy`, 5 seeds) the
+  annealed-importance weights must come from the models' scores, not their energies: with
+  weights from the energies (`hmc-ais log-snr energy-weights 40x1`) the mode error is
+  {r(f, *E, "hmc-ais log-snr energy-weights 40x1", "mode_err_p90", digits=3)} and W2
+  {r(f, *E, "hmc-ais log-snr energy-weights 40x1", "w2_ratio", digits=2)}x, from the scores (the defaults,
+  `{r(f, s, "learned-energy", "default", "config")}`) {r(f, s, "learned-energy", "default", "mode_err_p90", digits=3)} and
+  {r(f, s, "learned-energy", "default", "w2_ratio", digits=2)}x at {r(f, s, "learned-energy", "default", "nfe", digits=0)} NFE, against
+  {r(f, s, "learned-energy", "earlier_default", "mode_err_p90", digits=3)} and
+  {r(f, s, "learned-energy", "earlier_default", "w2_ratio", digits=2)}x for the earlier defaults at
+  {r(f, s, "learned-energy", "earlier_default", "nfe", digits=0)} NFE (`recommended 45x2` with score weights:
+  {r(f, *E, "recommended 45x2", "mode_err_p90", digits=3)}).  A trained energy's differences between distant
+  modes are not reliable, while the weights from scores use only the models' behaviour where the
+  particles are.  Every sampler here has a large log-likelihood gap (reverse diffusion
+  {r(f, *E, "ddpm 100", "ll_gap", digits=1)}): the learned bar leaks mass beyond the exact bar's edge, an error of
+  the model, not of the sampler.
 - **Reverse diffusion on summed scores** does not improve with steps (ring-bar W2
   {r(f, "targets", "ring-bar", "configs", "ddpm 100", "w2_ratio", digits=2)}x at 100 steps,
   {r(f, "targets", "ring-bar", "configs", "ddpm 2500", "w2_ratio", digits=2)}x at 2500): the bias is in the target.

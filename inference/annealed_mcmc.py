@@ -122,6 +122,7 @@ SCORE_ONLY_SETTINGS: dict[str, Any] = {
     "t_min": 1e-3,
 }
 _RESAMPLE = (None, "ess", "always", "auto")
+_WEIGHTS = ("auto", "energy", "score")
 _DEFAULT_ACCEPT: dict[str, float | None] = {"mala": MALA.target_accept, "hmc": HMC.target_accept}
 
 
@@ -138,7 +139,8 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
     ``t = 1`` to ``1e-3``; test and weights from scores).  A setting passed explicitly is kept
     either way.  The weights of a score-only factor cost ``2 d + 1`` more calls per level, so
     ``resample="auto"`` drops them for factors of more than :data:`AUTO_WEIGHT_DIM` coordinates
-    (images, latents).
+    (images, latents).  Learned energies are weighted by their scores (``weights="auto"``), and
+    such scenes get the score-only settings.
 
     Args:
         kernel: ``"ula"``, ``"mala"``, ``"uhmc"``, ``"hmc"`` or a
@@ -164,6 +166,13 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             before it).  With ``False`` the particles keep their weights, in
             ``res.particle_stats["log_weight"]`` (weight the samples by them).
         resampling: ``"systematic"`` (default), ``"stratified"`` or ``"multinomial"``.
+        weights: where the weights take a factor's change between levels from: ``"energy"``
+            (its energy, where it has one), ``"score"`` (its scores alone, the Fokker-Planck
+            identity) or ``"auto"`` (the default: energies of factors given by formulas, scores
+            of :attr:`~probcomp.factors.ScoreFactor.learned` ones, whose trained energies are not
+            reliable between distant modes: on the zoo's ``ring8-energy`` x ``bar-energy`` the
+            largest mode-weight error (p90) is 0.27 with their energies and 0.07 from their scores,
+            ``benchmarks/frontier.py``).  Explicit densities and priors always use theirs.
         compile: run each level's transitions and the target compiled by ``torch.compile``
             (:mod:`~probcomp.inference.compiled_loop`: ``True``, ``"auto"`` (no warning when it
             falls back to eager) or a ``torch.compile`` mode; CUDA graphs on CUDA by default).
@@ -202,6 +211,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         ess_threshold: float = 0.5,
         final_resample: bool = True,
         resampling: str = "systematic",
+        weights: str = "auto",
         compile: bool | str = False,
         **options: Unpack[DiffusionOptions],
     ) -> None:
@@ -214,7 +224,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         self._given = given
         self.settings = "energy" if self._by_factors else "given"
         steps_per_level = ENERGY_SETTINGS["steps_per_level"] if steps_per_level is None else steps_per_level
-        levels = ENERGY_SETTINGS["levels"] if levels is None else levels
+        levels = int(ENERGY_SETTINGS["levels"] if levels is None else levels)
         leapfrog_steps = ENERGY_SETTINGS["leapfrog_steps"] if leapfrog_steps is None else leapfrog_steps
         for key in ("t_max", "t_min"):
             options.setdefault(key, ENERGY_SETTINGS[key])  # type: ignore[misc]
@@ -238,6 +248,8 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         trapezoid_points = check_count("trapezoid_points", trapezoid_points, 2)
         if resample not in _RESAMPLE:
             raise ScheduleError(f"resample must be None, 'ess', 'always' or 'auto', got {resample!r}")
+        if weights not in _WEIGHTS:
+            raise ScheduleError(f"weights must be one of {_WEIGHTS}, got {weights!r}")
         if resampling not in smc.RESAMPLERS:
             raise ScheduleError(f"resampling must be one of {sorted(smc.RESAMPLERS)}, got {resampling!r}")
         if step_size is not None and not callable(step_size):
@@ -274,17 +286,19 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             resample,
             float(ess_threshold),
         )
-        self.resampling = resampling
+        self.resampling, self.weights = resampling, weights
         self.torch_compile = compiled_loop.check_compile(compile)
         self._compiled_loops: dict[Any, Any] = {}  # compiled_loop.fast_path's graphs, per compiled scene
 
     # ------------------------------------------------------------------------------
     def for_factors(self, compiled: CompiledScene) -> AnnealedMCMC:
-        """The engine a run on ``compiled`` uses: this one, or, where a factor has only a score,
-        a copy with :data:`SCORE_ONLY_SETTINGS` for the settings left to their defaults
-        (``steps_per_level``, ``levels``, ``leapfrog_steps``, ``t_max``, ``t_min``;
-        ``stats["settings"]`` says which: ``"energy"``, ``"score-only"`` or ``"given"``)."""
-        if not self._by_factors or compiled.has_energy:
+        """The engine a run on ``compiled`` uses: this one, or, where the weights take some
+        factor's change from its scores (a factor with only a score, or a :attr:`learned`
+        energy under ``weights="auto"``), a copy with :data:`SCORE_ONLY_SETTINGS` for the
+        settings left to their defaults (``steps_per_level``, ``levels``, ``leapfrog_steps``,
+        ``t_max``, ``t_min``; ``stats["settings"]`` says which: ``"energy"``, ``"score-only"``
+        or ``"given"``)."""
+        if not self._by_factors or all(self.weighs_by_energy(tm) for tm in compiled.terms):
             return self
         if self._score_only is None:
             chosen = {k: SCORE_ONLY_SETTINGS[k] for k in self._by_factors}
@@ -413,8 +427,9 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             precision = smc.matched_precision(comm.gather(x, n_all), comm.gather(state.grad, n_all))
             x = x / precision.sqrt().to(x.dtype)
             state = state.moved(x, *target(x, t0))
+            log_p0 = state.log_p if all(self.weighs_by_energy(tm) for tm in compiled.terms) else None
             log_w += smc.initial_log_weight(
-                lambda v: target(v, t0)[0], state.x, state.grad, state.log_p, self.trapezoid_points, precision
+                lambda v: target(v, t0)[0], state.x, state.grad, log_p0, self.trapezoid_points, precision
             )
             where = f"at the first level t={t0:.4g}"
 
@@ -474,6 +489,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             "levels": self.num_levels,
             "resample": resample,
             "settings": self.settings,
+            "weights": self.weights,
             **({"ess_final": ess_final} if resample else {}),
             **rec.tensors(),
         }

@@ -35,9 +35,10 @@ __all__ = ["LevelTransitions", "check_weights", "usable"]
 class LevelTransitions:
     """The level-to-level part of :class:`~probcomp.inference.AnnealedMCMC` (a mixin: it reads
     the engine's ``resample``, ``reverse_step``, ``ess_threshold``, ``resampling``,
-    ``trapezoid_points`` and ``schedule``)."""
+    ``trapezoid_points``, ``weights`` and ``schedule``)."""
 
     if TYPE_CHECKING:
+        weights: str
         resample: str | None
         reverse_step: bool
         ess_threshold: float
@@ -115,6 +116,16 @@ class LevelTransitions:
             return state, ess, True
         return state, ess, False
 
+    def weighs_by_energy(self, term: Any) -> bool:
+        """Whether the weights take ``term``'s change from its energy (else from its scores):
+        explicit densities and priors always; diffusion factors with an energy under
+        ``weights="energy"``, and under ``"auto"`` those that are not :attr:`learned`."""
+        if not term.factor.has_energy:
+            return False
+        if term.kind in ("explicit", "prior"):
+            return True
+        return self.weights == "energy" or (self.weights == "auto" and not term.factor.learned)
+
     def _increment(
         self,
         compiled: CompiledScene,
@@ -135,13 +146,14 @@ class LevelTransitions:
         :func:`~probcomp.inference.smc.log_snr_derivative` (from scores alone) for the others.
         """
         x, x1 = old.x, new.x
-        if old.log_p is not None and new.log_p is not None:
+        by_energy = [self.weighs_by_energy(tm) for tm in compiled.terms]
+        if old.log_p is not None and new.log_p is not None and all(by_energy):
             d_logp = smc.ais_increment(new.log_p, old.log_p)
         else:
             lam_t, lam_s = (float(self.schedule.log_snr(u)) for u in (t, s))
             xd = packer.unpack(x)
-            exact = [tm for tm in compiled.terms if tm.factor.has_energy]
-            fp = [tm for tm in compiled.terms if not tm.factor.has_energy]
+            exact = [tm for tm, e in zip(compiled.terms, by_energy, strict=True) if e]
+            fp = [tm for tm, e in zip(compiled.terms, by_energy, strict=True) if not e]
             d_time = smc.log_snr_derivative(compiled, xd, t, terms=fp) + smc.log_snr_derivative(
                 compiled, xd, s, terms=fp
             )

@@ -46,7 +46,7 @@ def to_eps(prediction: str, out: torch.Tensor, y: torch.Tensor, alpha: Any, sigm
 
 
 class ModelFactor(ScoreFactor):
-    """Wrap ``model(y, model_time) -> prediction`` as a factor.
+    """Wrap ``model(y, model_time) -> prediction`` as a factor (a :attr:`learned` one).
 
     Args:
         model: a callable (e.g. a ``torch.nn.Module``) taking a batch ``(N, *event_shape)``
@@ -55,6 +55,8 @@ class ModelFactor(ScoreFactor):
         schedule: the schedule the model was trained with.
         prediction: what the model outputs: ``eps``, ``x0``, ``v`` or ``score``.
     """
+
+    learned = True
 
     def __init__(
         self,

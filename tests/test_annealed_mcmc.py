@@ -1,5 +1,6 @@
 """Annealed MCMC against ground truth: kernels, Metropolis tests, adaptation, diagnostics."""
 
+import copy
 import math
 
 import pytest
@@ -385,3 +386,37 @@ def test_the_defaults_follow_the_factors_and_keep_what_is_given():
         12,
         3,
     )
+
+
+class _Learned(GaussianMixture):
+    """An analytic mixture that says its energy was learned."""
+
+    learned = True
+
+
+def test_learned_energies_are_weighted_by_their_scores():
+    """weights='auto' takes a learned factor's change between levels from its scores (the
+    weights of a score-only copy of the factor) and the others' from their energies; with exact
+    scores all three rules estimate the same weights.  AnnealedMCMC() gives such a scene the
+    score-only settings."""
+    ring, bar, _ = targets.analytic_ring_bar()
+    learned = copy.copy(ring)  # the same mixture, marked learned
+    learned.__class__ = _Learned
+    kw = dict(final_resample=False, ess_threshold=0.0, metropolis="score", leapfrog_steps=3)
+    kw.update(t_max=1.0, t_min=1e-3)
+
+    def log_w(factor, **extra):
+        res = AnnealedMCMC("hmc", 1, 40, **kw, **extra).run(_scene(factor, bar), 200, seed=0)
+        return res.particle_stats["log_weight"]
+
+    auto = log_w(learned)
+    torch.testing.assert_close(auto, log_w(_ScoreOnly(learned)))
+    energy, score = log_w(learned, weights="energy"), log_w(learned, weights="score")
+    assert not torch.equal(auto, energy) and not torch.equal(auto, score)
+    for other in (energy, score):
+        assert float(torch.corrcoef(torch.stack([auto, other]))[0, 1]) > 0.99
+    compiled = AnnealedMCMC().compile(_scene(learned, bar))
+    assert AnnealedMCMC().for_factors(compiled).settings == "score-only"
+    assert AnnealedMCMC(weights="energy").for_factors(compiled).settings == "energy"
+    with pytest.raises(pc.ScheduleError, match="weights must be one of"):
+        AnnealedMCMC(weights="energies")

@@ -102,6 +102,10 @@ class Composite(ScoreFactor):
     def has_energy(self) -> bool:
         return all(f.has_energy for f, _ in self.leaves())
 
+    @property
+    def learned(self) -> bool:  # type: ignore[override]
+        return any(f.learned for f, _ in self.leaves())
+
     def score(self, y: torch.Tensor, t: Any) -> torch.Tensor:
         out = torch.zeros_like(y)
         for f, w in self.leaves():

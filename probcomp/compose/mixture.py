@@ -58,6 +58,10 @@ class Mixture(ScoreFactor):
     def cost(self) -> int:  # type: ignore[override]
         return sum(f.cost for f in self.factors)
 
+    @property
+    def learned(self) -> bool:  # type: ignore[override]
+        return any(f.learned for f in self.factors)
+
     def _parts(self, y: torch.Tensor, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         scores, logits = [], []
         for f, lw in zip(self.factors, self.log_weights, strict=True):

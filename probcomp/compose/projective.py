@@ -167,6 +167,10 @@ class MaskedProjective(ScoreFactor):
     def cost(self) -> int:  # type: ignore[override]
         return self.background.cost + sum(f.cost for f in self.factors)
 
+    @property
+    def learned(self) -> bool:  # type: ignore[override]
+        return self.background.learned or any(f.learned for f in self.factors)
+
     def _per_particle(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``v`` ``(1 or P, ...)`` for the batch ``y``: a batch of ``n / P`` stacked particle sets."""
         n = y.shape[0]

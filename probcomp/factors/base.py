@@ -87,6 +87,9 @@ class ScoreFactor:
     cost: int = 1
     #: names of the conditions :meth:`eps_given` accepts (empty: an unconditional factor)
     condition_names: tuple[str, ...] = ()
+    #: whether the score and energy come from a trained network (approximations, whose energy
+    #: differences between distant regions are not to be trusted) rather than from formulas
+    learned: bool = False
 
     def __init__(
         self,

@@ -68,6 +68,10 @@ class NormalisedEnergy(ScoreFactor):
     def cost(self) -> int:  # type: ignore[override]
         return self.factor.cost
 
+    @property
+    def learned(self) -> bool:  # type: ignore[override]
+        return self.factor.learned
+
     def log_normaliser(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(t, log Z(t))`` of the table (computed on first use, float64, on the CPU)."""
         if self._table is None:
