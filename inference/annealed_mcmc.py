@@ -132,9 +132,10 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
     The defaults are the configurations the cost-accuracy frontier (``benchmarks/frontier.py``)
     measured best, chosen at run time by the scene's factors: generalised HMC with
     annealed-importance weights, resampled when the ESS falls below half, on levels uniform in
-    log-SNR; where every factor has an energy, :data:`ENERGY_SETTINGS` (two transitions of two
-    leapfrog steps on 45 levels from ``t = 0.6`` to ``3e-4``, about 225 gradient evaluations per
-    factor and particle, Metropolis test and weights exact), otherwise
+    log-SNR; where every factor has an energy given by a formula (analytic factors, explicit
+    densities), :data:`ENERGY_SETTINGS` (two transitions of two leapfrog steps on 45 levels
+    from ``t = 0.6`` to ``3e-4``, about 225 gradient evaluations per factor and particle,
+    Metropolis test and weights exact), otherwise
     :data:`SCORE_ONLY_SETTINGS` (one transition of three leapfrog steps on 40 levels from
     ``t = 1`` to ``1e-3``; test and weights from scores).  A setting passed explicitly is kept
     either way.  The weights of a score-only factor cost ``2 d + 1`` more calls per level, so
