@@ -224,9 +224,12 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         self._score_only: AnnealedMCMC | None = None
         self._given = given
         self.settings = "energy" if self._by_factors else "given"
-        steps_per_level = ENERGY_SETTINGS["steps_per_level"] if steps_per_level is None else steps_per_level
-        levels = int(ENERGY_SETTINGS["levels"] if levels is None else levels)
-        leapfrog_steps = ENERGY_SETTINGS["leapfrog_steps"] if leapfrog_steps is None else leapfrog_steps
+        if steps_per_level is None:
+            steps_per_level = int(ENERGY_SETTINGS["steps_per_level"])
+        if levels is None:
+            levels = int(ENERGY_SETTINGS["levels"])
+        if leapfrog_steps is None:
+            leapfrog_steps = int(ENERGY_SETTINGS["leapfrog_steps"])
         for key in ("t_max", "t_min"):
             options.setdefault(key, ENERGY_SETTINGS[key])  # type: ignore[misc]
         user = kernel if isinstance(kernel, Kernel) else None
