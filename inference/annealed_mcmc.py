@@ -302,7 +302,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
         settings left to their defaults (``steps_per_level``, ``levels``, ``leapfrog_steps``,
         ``t_max``, ``t_min``; ``stats["settings"]`` says which: ``"energy"``, ``"score-only"``
         or ``"given"``)."""
-        if not self._by_factors or all(self.weighs_by_energy(tm) for tm in compiled.terms):
+        if not self._by_factors or self.weighs_all_by_energy(compiled):
             return self
         if self._score_only is None:
             chosen = {k: SCORE_ONLY_SETTINGS[k] for k in self._by_factors}
@@ -405,7 +405,8 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             raise SceneError(f"num_samples={num_samples} is fewer than the {comm.world_size} ranks")
         kernel, test = self._kernel(compiled)
         resample = self.resample_for(compiled)
-        energy = kernel.needs_energy or (bool(resample) and compiled.has_energy)
+        by_energy = bool(resample) and self.weighs_all_by_energy(compiled)
+        energy = kernel.needs_energy or by_energy
         compiled.reset_counters()
         packer = Packer(compiled.shapes)
         target = FlatTarget(compiled, packer, energy)
@@ -431,9 +432,13 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             precision = smc.matched_precision(comm.gather(x, n_all), comm.gather(state.grad, n_all))
             x = x / precision.sqrt().to(x.dtype)
             state = state.moved(x, *target(x, t0))
-            log_p0 = state.log_p if all(self.weighs_by_energy(tm) for tm in compiled.terms) else None
             log_w += smc.initial_log_weight(
-                lambda v: target(v, t0)[0], state.x, state.grad, log_p0, self.trapezoid_points, precision
+                lambda v: target(v, t0)[0],
+                state.x,
+                state.grad,
+                state.log_p if by_energy else None,
+                self.trapezoid_points,
+                precision,
             )
             where = f"at the first level t={t0:.4g}"
 

@@ -126,6 +126,11 @@ class LevelTransitions:
             return True
         return self.weights == "energy" or (self.weights == "auto" and not term.factor.learned)
 
+    def weighs_all_by_energy(self, compiled: CompiledScene) -> bool:
+        """Whether the weights take every term's change from its energy: then they are the
+        differences of the target's log-density, and only then do they need it."""
+        return all(self.weighs_by_energy(tm) for tm in compiled.terms)
+
     def _increment(
         self,
         compiled: CompiledScene,
