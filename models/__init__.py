@@ -9,6 +9,8 @@
   and the composed objective (dissertation Eq. 5.5).
 * :func:`load` / :func:`save` -- safetensors + JSON checkpoints; :func:`load`
   also takes a zoo name (``pc.models.load("ring8")``).
+* :class:`Decomposition` -- Decomp Diffusion (dissertation ch. 4): an encoder's ``K`` latents of
+  an image, each a :class:`ComponentFactor`; :func:`recombination_scene` composes them.
 * :func:`from_diffusers` -- a local diffusers model or pipeline folder as a factor
   (optional extra ``probcomp[diffusers]``; imported on first use, never by ``import probcomp``).
 """
@@ -22,6 +24,7 @@ if __name__ != "probcomp.models":  # the checkout's top-level folder, imported b
     )
 
 from .checkpoint import load, read_config, save
+from .decomposition import ComponentFactor, Decomposition, recombination_scene
 from .energy import EnergyModel
 from .networks import ResMLP
 from .parameterisation import PREDICTIONS, ModelFactor, NetworkFactor, Preconditioned, to_eps
@@ -29,6 +32,8 @@ from .training import TrainResult, train
 
 __all__ = [
     "PREDICTIONS",
+    "ComponentFactor",
+    "Decomposition",
     "EnergyModel",
     "ModelFactor",
     "NetworkFactor",
@@ -38,6 +43,7 @@ __all__ = [
     "from_diffusers",
     "load",
     "read_config",
+    "recombination_scene",
     "save",
     "to_eps",
     "train",

@@ -63,7 +63,11 @@ def save(
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
-    if isinstance(model, EnergyModel):
+    if getattr(model, "config", {}).get("kind") == "decomposition":  # a Decomposition: saved whole
+        net, param = model, "decomposition"
+        if model.config["schedule"] != schedule.config():
+            raise DataError("a Decomposition is saved with its own schedule, model.schedule")
+    elif isinstance(model, EnergyModel):
         net, param = model.net, f"energy-{model.form}"
     elif isinstance(model, Preconditioned):
         net, param, extra = model.net, "eps-precond", {"sigma_data": model.sigma_data}
@@ -224,6 +228,9 @@ def _check_tensors(state: dict[str, torch.Tensor], net: torch.nn.Module, weights
 def load(name_or_path: str | Path) -> NetworkFactor:
     """A ready :class:`NetworkFactor` from a zoo name or a checkpoint path.
 
+    A checkpoint of a :class:`~probcomp.models.decomposition.Decomposition` loads as that
+    model (its components are factors once an image is decomposed).
+
     Only JSON and safetensors are read (no code runs).  The config is checked against the
     weights before anything is built: checksum, event shape against architecture, and every
     tensor's name and shape; the first mismatch raises a :class:`DataError` naming the file.
@@ -241,7 +248,8 @@ def load(name_or_path: str | Path) -> NetworkFactor:
     event_shape = _event_shape(cfg, path)
     param = cfg["parameterisation"]
     if not isinstance(param, str) or not (
-        param in ("eps", "eps-precond") or (param.startswith("energy-") and param[7:] in FORMS)
+        param in ("eps", "eps-precond", "decomposition")
+        or (param.startswith("energy-") and param[7:] in FORMS)
     ):
         raise DataError(f"checkpoint {str(path)!r}: unknown parameterisation {param!r}")
     sigma_data = cfg.get("sigma_data", 0.5)
@@ -269,13 +277,16 @@ def load(name_or_path: str | Path) -> NetworkFactor:
         raise DataError(
             f"weights in {str(weights)!r} do not match the architecture: {' '.join(first)}"
         ) from None
+    meta = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    if param == "decomposition":  # the whole model, for .decompose and .component
+        net.meta = meta
+        return net.eval()  # type: ignore[return-value]
     if param == "eps":
         model: torch.nn.Module = net
     elif param == "eps-precond":
         model = Preconditioned(net, schedule, float(sigma_data))
     else:
         model = EnergyModel(net, param[7:], init_output=False)
-    meta = {k: v for k, v in cfg.items() if not k.startswith("_")}
     name = cfg.get("name")
     return NetworkFactor(
         model.eval(),

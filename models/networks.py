@@ -231,7 +231,11 @@ class UNet(nn.Module):
     is conditioned on all object positions this way).  A global vector alone was
     ignored in training: the eps loss gains almost nothing from a blob's position,
     which touches a few dozen of 3072 pixels, while a map hands the position to the
-    convolutions directly.
+    convolutions directly.  ``broadcast`` names continuous conditions that are also tiled
+    over the image as constant input channels, one per coordinate (the spatial broadcast of
+    Watters et al. 2019): with ``coords`` the first convolution sees each pixel's position
+    beside the latent, so a latent that encodes where an object is can paint it there
+    (Decomp Diffusion's components, :mod:`probcomp.models.decomposition`).
     """
 
     _coords: torch.Tensor  # (1, 2, size, size) pixel centres, a buffer (with coords, spatial or point_sets)
@@ -249,6 +253,7 @@ class UNet(nn.Module):
         coords: bool = False,
         spatial: dict[str, float] | None = None,
         point_sets: dict[str, float] | None = None,
+        broadcast: tuple[str, ...] | list[str] = (),
     ) -> None:
         super().__init__()
         if size % 2 ** (len(mults) - 1):
@@ -265,7 +270,13 @@ class UNet(nn.Module):
             "coords": bool(coords),
             "spatial": {k: float(r) for k, r in (spatial or {}).items()},
             "point_sets": {k: float(r) for k, r in (point_sets or {}).items()},
+            "broadcast": [str(k) for k in broadcast],
         }
+        if set(self.config["broadcast"]) - set(self.config["continuous"]):
+            raise DataError(
+                f"UNet: broadcast conditions {self.config['broadcast']} must be continuous ones "
+                f"({sorted(self.config['continuous'])})"
+            )
         clash = set(self.config["point_sets"]) & (
             set(self.config["continuous"]) | set(self.config["attributes"])
         )
@@ -280,6 +291,7 @@ class UNet(nn.Module):
         self.time = TimeEmbedding(emb, time_scale)
         self.cond = Conditioning(emb, attributes, continuous)
         maps = len(self.config["spatial"]) + len(self.config["point_sets"])
+        maps += sum(self.config["continuous"][k] for k in self.config["broadcast"])
         self.inp = nn.Conv2d(channels + 2 * bool(coords) + maps, base, 3, padding=1)
         if coords or maps:
             grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
@@ -312,6 +324,8 @@ class UNet(nn.Module):
             extra.append(self._heatmap(cond.get(k), r, y))
         for k, r in self.config["point_sets"].items():
             extra.append(self._set_heatmap(k, sets[k], r, y))
+        for k in self.config["broadcast"]:
+            extra.append(self._tiled(k, cond.get(k), y))
         h = self.inp(torch.cat([y, *extra], 1) if extra else y)
         skips = []
         for block, pool in zip(self.down, self.pool, strict=True):
@@ -336,6 +350,14 @@ class UNet(nn.Module):
         d2 = (grid - torch.nan_to_num(v)[:, :, None, None]).square().sum(1, keepdim=True)
         present = ~torch.isnan(v).any(1)
         return torch.exp(-d2 / (2 * radius**2)) * present.to(like.dtype)[:, None, None, None]
+
+    def _tiled(self, name: str, value: Any, like: torch.Tensor) -> torch.Tensor:
+        """A continuous condition ``(N, d)`` tiled as ``d`` constant channels (zero where absent)."""
+        n, d = like.shape[0], self.config["continuous"][name]
+        if value is None:
+            return like.new_zeros(n, d, *like.shape[-2:])
+        v = torch.nan_to_num(torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, d))
+        return v.expand(n, d)[:, :, None, None].expand(n, d, *like.shape[-2:])
 
     def _set_heatmap(self, name: str, xys: Any, radius: float, like: torch.Tensor) -> torch.Tensor:
         """``sum_s exp(-|p - xy_s|^2 / (2 r^2))`` over the present points of each sample's set."""
@@ -365,7 +387,7 @@ def event_shape_for(config: dict[str, Any]) -> tuple[int, ...] | None:
     kind = config.get("kind")
     if kind == "resmlp":
         return (int(config["dim"]),)
-    if kind == "unet":
+    if kind in ("unet", "decomposition"):
         c, n = int(config["channels"]), int(config["size"])
         return (c, n, n)
     return None
@@ -375,6 +397,10 @@ def build(config: dict[str, Any]) -> nn.Module:
     """A network from its JSON config (no code is executed: only known kinds are built)."""
     cfg = dict(config)
     kind = cfg.pop("kind", None)
+    if kind == "decomposition":
+        from .decomposition import Decomposition  # it builds on UNet, so it is imported here
+
+        return Decomposition(**cfg)
     shared = {
         "attributes": {k: int(v) for k, v in cfg.pop("attributes", {}).items()},
         "continuous": {k: int(v) for k, v in cfg.pop("continuous", {}).items()},
@@ -393,6 +419,7 @@ def build(config: dict[str, Any]) -> nn.Module:
             coords=bool(cfg.pop("coords", False)),
             spatial={k: float(r) for k, r in cfg.pop("spatial", {}).items()},
             point_sets={k: float(r) for k, r in cfg.pop("point_sets", {}).items()},
+            broadcast=tuple(str(k) for k in cfg.pop("broadcast", [])),
             **shared,
         )
     raise DataError(f"unknown network kind {kind!r}")

@@ -24,7 +24,13 @@ where ``tilde c`` is ``c`` with attribute dropout ``p_drop`` (``p_uncond`` of Ga
 are two attributes drawn per example, and ``c^i``, ``c^j``, ``c^{ij}`` keep only those
 attributes of the *original* labels (the rest set to the null token).  The ``1 / sigma_t^2``
 turns the eps residual into the score residual (the Fisher divergence of Eq. 7); it is
-Gaudi et al.'s weighting.  Choosing ``lam``: Gaudi et al. balance the two terms' gradients, with
+Gaudi et al.'s weighting.  ``objective="decomposition"`` trains a
+:class:`~probcomp.models.decomposition.Decomposition` (Decomp Diffusion, dissertation Eq. 4.9):
+the encoder's ``K`` latents of each clean image condition the denoiser, and their composed
+prediction ``sum_k w_k eps_theta(x_t, t, z_k)`` regresses eps; labels in the data are ignored
+(the decomposition is unsupervised) and the schedule is the model's own.
+
+Choosing ``lam``: Gaudi et al. balance the two terms' gradients, with
 ``lam = L_score / L_CI`` measured on a vanilla model, or the rule of thumb
 ``lam = 4000 L_score`` (App. C.3).
 """
@@ -52,6 +58,8 @@ from probcomp.errors import DataError, first_line
 __all__ = ["TrainResult", "train"]
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+OBJECTIVES = ("eps", "composed", "coind", "decomposition")
 
 
 @dataclass
@@ -159,7 +167,7 @@ def train(
     ema: float = 0.999,
     seed: int = 0,
     p_drop: float = 0.1,
-    objective: str = "eps",
+    objective: str | None = None,
     lam: float = 0.0,
     t_min: float = 1e-3,
     grad_clip: float = 1.0,
@@ -180,16 +188,32 @@ def train(
         ema: decay of the exponential moving average of the weights (0 disables it).
         seed: seeds data, times and noise; with a fixed seed CPU training is deterministic.
         p_drop: classifier-free dropout probability per attribute.
-        objective: ``"eps"``, ``"composed"`` (Eq. 5.5) or ``"coind"`` (COIND, with weight ``lam``
-            on the conditional-independence term; needs two or more discrete attributes).
+        objective: ``"eps"``, ``"composed"`` (Eq. 5.5), ``"coind"`` (COIND, with weight ``lam``
+            on the conditional-independence term; needs two or more discrete attributes) or
+            ``"decomposition"`` (Eq. 4.9, for a :class:`~probcomp.models.decomposition.Decomposition`).
+            By default ``"decomposition"`` for a Decomposition and ``"eps"`` otherwise.
         checkpoint: a file path for the resumable training state (``torch.save`` of
             tensors only, read back with ``weights_only=True``); training resumes from it.
         progress: show a tqdm bar; by default only on an interactive terminal outside CI.
         device: where the model trains.  Data, times and noise are always drawn on the
             CPU from ``seed``, so every device sees the same batches.
     """
-    if objective not in ("eps", "composed", "coind"):
-        raise DataError(f"objective must be 'eps', 'composed' or 'coind', got {objective!r}")
+    if objective is None:  # a Decomposition has one objective; every other network starts from eps
+        objective = "decomposition" if hasattr(model, "composed_eps") else "eps"
+    if objective not in OBJECTIVES:
+        raise DataError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    decomposing = objective == "decomposition"
+    if decomposing != hasattr(model, "composed_eps"):
+        raise DataError(
+            "objective='decomposition' trains a probcomp.models.Decomposition, and a Decomposition "
+            f"trains only with it; got objective={objective!r} for a {type(model).__name__}"
+        )
+    if decomposing:
+        schedule = schedule if schedule is not None else model.schedule
+        if schedule.config() != model.schedule.config():
+            raise DataError(
+                f"a Decomposition trains on its own schedule {model.schedule!r}; got schedule={schedule!r}"
+            )
     if steps < 1 or batch < 1:
         raise DataError(f"steps and batch must be positive, got {steps}, {batch}")
     schedule = schedule if schedule is not None else sched.linear()
@@ -214,8 +238,9 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     ema_model = copy.deepcopy(model).eval() if ema > 0 else model
-    for p in ema_model.parameters():
-        p.requires_grad_(False)
+    if ema > 0:  # ema=0 trains and returns the model itself, which must keep its gradients
+        for p in ema_model.parameters():
+            p.requires_grad_(False)
     result = TrainResult(ema_model)
     start_step = 0
     path = Path(checkpoint) if checkpoint is not None else None
@@ -241,7 +266,12 @@ def train(
         if objective in ("eps", "coind") and cond and p_drop > 0:
             cond = _drop(cond, attributes, p_drop, gen)
         cond = {k: v.to(device) for k, v in cond.items()}
-        pred = _composed_eps(model, y, mt, cond) if objective == "composed" else model(y, mt, cond or None)
+        if decomposing:
+            pred = model.composed_eps(y, mt, x.to(device), a.to(device), s.to(device))
+        elif objective == "composed":
+            pred = _composed_eps(model, y, mt, cond)
+        else:
+            pred = model(y, mt, cond or None)
         loss = (pred - eps).square().mean()
         if objective == "coind" and lam > 0:
             loss = loss + lam * _coind_ci(model, y, mt, s.to(device), original, attributes, gen).mean()

@@ -28,18 +28,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 from .errors import DataError
 
 __all__ = [
+    "BACKGROUNDS",
     "DATASETS_2D",
     "PALETTE",
     "Dataset2D",
     "bar",
     "blobs",
+    "blobs_global",
     "box",
     "coind_toy",
     "get",
@@ -186,6 +188,7 @@ def blobs(
     background: Sequence[float] = (0.0, 0.0, 0.0),
     margin: float = 0.1,
     min_separation: float = 0.0,
+    masks: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images of coloured objects; returns ``(images (n, 3, size, size), labels)``.
 
@@ -196,7 +199,9 @@ def blobs(
     objects overlap the later one is painted on top; ``min_separation`` (pixels)
     redraws a centre until it lies at least that far from the earlier ones (by
     rejection, so the centres are uniform on the allowed set).  Pixel values are
-    mapped from [0, 1] to [-1, 1].
+    mapped from [0, 1] to [-1, 1].  With ``masks`` the labels also hold ``masks``
+    ``(n, K, size, size)``: each object's visible opacity after occlusion by later ones
+    (the background's share is ``1 - masks.sum(1)``); the random draws are the same either way.
     """
     lo, hi = num_objects
     if not (1 <= lo <= hi):
@@ -221,6 +226,7 @@ def blobs(
     img = torch.tensor(background, dtype=torch.float32).reshape(1, 3, 1, 1).repeat(n, 1, size, size)
     grid = (torch.arange(size, dtype=torch.float32) + 0.5) / size
     gx, gy = grid[None, None, :], grid[None, :, None]  # x along width, y along height
+    visible = torch.zeros(n, hi, size, size) if masks else None
     for k in range(hi):
         dx = (gx - xy[:, k, 0, None, None]) * size
         dy = (gy - xy[:, k, 1, None, None]) * size
@@ -230,8 +236,50 @@ def blobs(
             alpha = ((dx.abs() <= radius) & (dy.abs() <= radius)).float()
         alpha = (alpha * mask[:, k, None, None]).unsqueeze(1)  # (n, 1, H, W)
         img = img * (1 - alpha) + alpha * pal[color[:, k]].reshape(n, 3, 1, 1)
+        if visible is not None:  # a later object covers the share alpha of everything below it
+            visible[:, :k] *= 1 - alpha
+            visible[:, k] = alpha[:, 0]
     labels = {"xy": xy, "color": color, "mask": mask, "count": count}
+    if visible is not None:
+        labels["masks"] = visible
     return img * 2 - 1, labels
+
+
+BACKGROUNDS = torch.tensor([[0.0, 0.0, 0.0], [0.35, 0.35, 0.35], [0.3, 0.15, 0.0], [0.0, 0.2, 0.35]])
+"""RGB in [0, 1] of the global variant's backgrounds: black, grey, brown, navy."""
+
+
+def blobs_global(
+    n: int,
+    generator: torch.Generator | None = None,
+    *,
+    gain: tuple[float, float] = (0.6, 1.0),
+    backgrounds: torch.Tensor | None = None,
+    **options: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`blobs` with two global factors: a background colour and a lighting gain.
+
+    Each image gets a background drawn uniformly from ``backgrounds`` (:data:`BACKGROUNDS` by
+    default) where no object covers it, then every pixel in [0, 1] is multiplied by a gain
+    uniform on ``gain``.  Labels: those of :func:`blobs` with its per-object ``masks``, plus
+    ``background`` ``(n,)`` (index), ``background_rgb`` ``(n, 3)`` and ``gain`` ``(n,)``.
+    """
+    lo, hi = gain
+    if not 0 < lo <= hi:
+        raise DataError(f"gain must satisfy 0 < low <= high, got {gain}")
+    bgs = BACKGROUNDS if backgrounds is None else torch.as_tensor(backgrounds, dtype=torch.float32)
+    if bgs.ndim != 2 or bgs.shape[1] != 3:
+        raise DataError(f"backgrounds must be (B, 3) RGB rows, got shape {tuple(bgs.shape)}")
+    options = {**options, "masks": True, "background": (0.0, 0.0, 0.0)}
+    img, labels = blobs(n, generator, **options)
+    which = torch.randint(bgs.shape[0], (n,), generator=generator)
+    g = lo + (hi - lo) * torch.rand(n, generator=generator)
+    rgb = bgs[which]
+    bare = (1 - labels["masks"].sum(1, keepdim=True)).clamp(min=0)  # (n, 1, H, W)
+    img01 = (img + 1) / 2 + bare * rgb[:, :, None, None]
+    img01 = (img01 * g[:, None, None, None]).clamp(0, 1)
+    labels.update(background=which, background_rgb=rgb, gain=g)
+    return img01 * 2 - 1, labels
 
 
 SHAPES = ("circle", "square", "triangle")

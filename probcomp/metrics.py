@@ -32,6 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from .errors import DataError, FactorError, ShapeError
 
 __all__ = [
+    "adjusted_rand_index",
     "balanced_accuracy",
     "ci_violation",
     "group_accuracies",
@@ -446,3 +447,53 @@ def worst_group_accuracy(
     listed group must have examples, so a test set missing a group cannot hide it.
     """
     return min(group_accuracies(y_true, y_pred, groups, expected).values())
+
+
+def adjusted_rand_index(true_masks: Any, pred_masks: Any, *, foreground: Any = None) -> torch.Tensor:
+    r"""Adjusted Rand index of predicted against true segmentations, one value per image.
+
+    ``true_masks`` and ``pred_masks`` are ``(N, K, H, W)`` soft or one-hot masks (each pixel's
+    segment is the argmax over ``K``; the two ``K`` may differ).  With the contingency table
+    ``n_ij`` of true segment ``i`` against predicted ``j`` over the scored pixels, ``a_i`` and
+    ``b_j`` its sums and ``n`` the pixel count (Hubert & Arabie 1985),
+
+    .. math:: \mathrm{ARI} = \frac{\sum_{ij} \binom{n_{ij}}{2} - E}{\tfrac12 [\sum_i \binom{a_i}{2}
+              + \sum_j \binom{b_j}{2}] - E}, \qquad E = \sum_i \binom{a_i}{2} \sum_j \binom{b_j}{2}
+              \Big/ \binom{n}{2}.
+
+    ``foreground`` ``(N, H, W)`` (boolean) restricts the score to those pixels (the ARI-FG of
+    object-centric learning: background pixels are not scored).  1 is a perfect segmentation
+    up to relabelling; 0 is chance.  An image whose scored pixels form a single segment in both
+    has ARI 1 if the prediction is a single segment too (else 0).
+    """
+    t = torch.as_tensor(true_masks).detach().cpu()
+    p = torch.as_tensor(pred_masks).detach().cpu()
+    if t.ndim != 4 or p.ndim != 4 or t.shape[0] != p.shape[0] or t.shape[2:] != p.shape[2:]:
+        raise ShapeError(
+            f"adjusted_rand_index expects masks (N, K, H, W) of one N, H, W; got {tuple(t.shape)} "
+            f"and {tuple(p.shape)}"
+        )
+    if not (torch.isfinite(t.double()).all() and torch.isfinite(p.double()).all()):
+        raise ShapeError("adjusted_rand_index: the masks contain NaN or infinite values")
+    n_img = t.shape[0]
+    keep = (
+        torch.ones(n_img, *t.shape[2:], dtype=torch.bool)
+        if foreground is None
+        else torch.as_tensor(foreground).detach().cpu().bool()
+    )
+    if keep.shape != (n_img, *t.shape[2:]):
+        raise ShapeError(f"foreground must be (N, H, W) = {(n_img, *t.shape[2:])}, got {tuple(keep.shape)}")
+    ti, pi = t.argmax(1), p.argmax(1)
+    out = torch.empty(n_img, dtype=torch.float64)
+    for i in range(n_img):
+        a_lab, b_lab = ti[i][keep[i]], pi[i][keep[i]]
+        n = a_lab.numel()
+        table = torch.zeros(t.shape[1], p.shape[1], dtype=torch.float64)
+        table.index_put_((a_lab, b_lab), torch.ones(n, dtype=torch.float64), accumulate=True)
+        pairs = lambda v: (v * (v - 1) / 2).sum()  # noqa: E731 -- sum of binomial(v, 2)
+        index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+        total = n * (n - 1) / 2
+        expected = rows * cols / total if total > 0 else torch.tensor(0.0, dtype=torch.float64)
+        top = (rows + cols) / 2 - expected
+        out[i] = (index - expected) / top if top > 0 else float(index == rows == cols)
+    return out
