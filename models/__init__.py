@@ -8,7 +8,8 @@
 * :func:`train` -- noise-matching training with EMA, dropout, resumable state,
   and the composed objective (dissertation Eq. 5.5).
 * :func:`load` / :func:`save` -- safetensors + JSON checkpoints; :func:`load`
-  also takes a zoo name (``pc.models.load("ring8")``).
+  also takes a zoo name (``pc.models.load("ring8")``); :func:`load_decomposition` reads a
+  :class:`Decomposition` the same way.
 * :class:`Decomposition` -- Decomp Diffusion (dissertation ch. 4): an encoder's ``K`` latents of
   an image, each a :class:`ComponentFactor`; :func:`recombination_scene` composes them.
 * :func:`from_diffusers` -- a local diffusers model or pipeline folder as a factor
@@ -23,7 +24,7 @@ if __name__ != "probcomp.models":  # the checkout's top-level folder, imported b
         "(one module object per class)"
     )
 
-from .checkpoint import load, read_config, save
+from .checkpoint import load, load_decomposition, read_config, save
 from .decomposition import ComponentFactor, Decomposition, recombination_scene
 from .energy import EnergyModel
 from .networks import ResMLP
@@ -42,6 +43,7 @@ __all__ = [
     "TrainResult",
     "from_diffusers",
     "load",
+    "load_decomposition",
     "read_config",
     "recombination_scene",
     "save",

@@ -24,6 +24,7 @@ from probcomp import schedules as sched
 from probcomp._version import __version__
 from probcomp.errors import DataError, ProbcompError
 
+from .decomposition import Decomposition
 from .energy import FORMS, EnergyModel
 from .networks import build, event_shape_for
 from .parameterisation import NetworkFactor, Preconditioned
@@ -63,7 +64,7 @@ def save(
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
-    if getattr(model, "config", {}).get("kind") == "decomposition":  # a Decomposition: saved whole
+    if isinstance(model, Decomposition):  # saved whole
         net, param = model, "decomposition"
         if model.config["schedule"] != schedule.config():
             raise DataError("a Decomposition is saved with its own schedule, model.schedule")
@@ -228,13 +229,54 @@ def _check_tensors(state: dict[str, torch.Tensor], net: torch.nn.Module, weights
 def load(name_or_path: str | Path) -> NetworkFactor:
     """A ready :class:`NetworkFactor` from a zoo name or a checkpoint path.
 
-    A checkpoint of a :class:`~probcomp.models.decomposition.Decomposition` loads as that
-    model (its components are factors once an image is decomposed).
+    A checkpoint of a :class:`~probcomp.models.decomposition.Decomposition` is refused with a
+    pointer to :func:`load_decomposition` (its components are factors only once an image is
+    decomposed).
 
     Only JSON and safetensors are read (no code runs).  The config is checked against the
     weights before anything is built: checksum, event shape against architecture, and every
     tensor's name and shape; the first mismatch raises a :class:`DataError` naming the file.
     """
+    net, cfg, schedule, event_shape = _verified(name_or_path)
+    path = Path(cfg["_path"])
+    param = cfg["parameterisation"]
+    if isinstance(net, Decomposition):
+        raise DataError(
+            f"checkpoint {str(path)!r} is a Decomposition (Decomp Diffusion), not a factor: load it with "
+            "probcomp.models.load_decomposition and bind its latents with .component"
+        )
+    meta = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    if param == "eps":
+        model: torch.nn.Module = net
+    elif param == "eps-precond":
+        model = Preconditioned(net, schedule, float(cfg.get("sigma_data", 0.5)))
+    else:
+        model = EnergyModel(net, param[7:], init_output=False)
+    name = cfg.get("name")
+    return NetworkFactor(
+        model.eval(),
+        event_shape,
+        schedule,
+        name=name if isinstance(name, str) and name else path.stem,
+        meta=meta,
+    )
+
+
+def load_decomposition(name_or_path: str | Path) -> Decomposition:
+    """A trained :class:`~probcomp.models.decomposition.Decomposition` from a zoo name or a path,
+    checked like :func:`load` (no code runs); ``meta`` holds its config."""
+    net, cfg, _, _ = _verified(name_or_path)
+    if not isinstance(net, Decomposition):
+        raise DataError(
+            f"checkpoint {cfg['_path']!r} is a {cfg['parameterisation']} network, not a Decomposition: "
+            "load it with probcomp.models.load"
+        )
+    net.meta = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    return net.eval()
+
+
+def _verified(name_or_path: str | Path) -> tuple[torch.nn.Module, dict[str, Any], sched.Schedule, tuple]:
+    """The network of a checkpoint with its weights loaded, after every check of :func:`load`."""
     cfg = read_config(name_or_path)
     path = Path(cfg["_path"])
     weights = _with(_stem(path), ".safetensors")
@@ -277,21 +319,4 @@ def load(name_or_path: str | Path) -> NetworkFactor:
         raise DataError(
             f"weights in {str(weights)!r} do not match the architecture: {' '.join(first)}"
         ) from None
-    meta = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    if param == "decomposition":  # the whole model, for .decompose and .component
-        net.meta = meta
-        return net.eval()  # type: ignore[return-value]
-    if param == "eps":
-        model: torch.nn.Module = net
-    elif param == "eps-precond":
-        model = Preconditioned(net, schedule, float(sigma_data))
-    else:
-        model = EnergyModel(net, param[7:], init_output=False)
-    name = cfg.get("name")
-    return NetworkFactor(
-        model.eval(),
-        event_shape,
-        schedule,
-        name=name if isinstance(name, str) and name else path.stem,
-        meta=meta,
-    )
+    return net, cfg, schedule, event_shape

@@ -110,6 +110,8 @@ class Decomposition(nn.Module):
     Train it with :func:`probcomp.models.train` and ``objective="decomposition"``.
     """
 
+    meta: dict[str, Any]  # a loaded checkpoint's config (data, steps, recipe)
+
     def __init__(
         self,
         components: int = 4,
@@ -125,6 +127,7 @@ class Decomposition(nn.Module):
         schedule: sched.Schedule | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.meta = {}
         if prediction not in ("x0", "eps"):
             raise DataError(f"Decomposition: prediction must be 'x0' or 'eps', got {prediction!r}")
         if reduce not in REDUCTIONS:

@@ -55,6 +55,8 @@ from tqdm.auto import tqdm
 from probcomp import schedules as sched
 from probcomp.errors import DataError, first_line
 
+from .decomposition import Decomposition
+
 __all__ = ["TrainResult", "train"]
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
@@ -199,16 +201,16 @@ def train(
             CPU from ``seed``, so every device sees the same batches.
     """
     if objective is None:  # a Decomposition has one objective; every other network starts from eps
-        objective = "decomposition" if hasattr(model, "composed_eps") else "eps"
+        objective = "decomposition" if isinstance(model, Decomposition) else "eps"
     if objective not in OBJECTIVES:
         raise DataError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     decomposing = objective == "decomposition"
-    if decomposing != hasattr(model, "composed_eps"):
+    if decomposing != isinstance(model, Decomposition):
         raise DataError(
             "objective='decomposition' trains a probcomp.models.Decomposition, and a Decomposition "
             f"trains only with it; got objective={objective!r} for a {type(model).__name__}"
         )
-    if decomposing:
+    if isinstance(model, Decomposition):
         schedule = schedule if schedule is not None else model.schedule
         if schedule.config() != model.schedule.config():
             raise DataError(
@@ -266,7 +268,7 @@ def train(
         if objective in ("eps", "coind") and cond and p_drop > 0:
             cond = _drop(cond, attributes, p_drop, gen)
         cond = {k: v.to(device) for k, v in cond.items()}
-        if decomposing:
+        if isinstance(model, Decomposition):
             pred = model.composed_eps(y, mt, x.to(device), a.to(device), s.to(device))
         elif objective == "composed":
             pred = _composed_eps(model, y, mt, cond)

@@ -154,7 +154,9 @@ def test_training_is_seeded_and_checkpoints_round_trip(tmp_path) -> None:
     assert runs[0].losses == runs[1].losses
     model = runs[0].model
     path = pc.models.save(tmp_path / "d", model, schedule=model.schedule, event_shape=(3, 8, 8))
-    back = pc.models.load(path)
+    back = pc.models.load_decomposition(path)
+    with pytest.raises(DataError, match="load_decomposition"):
+        pc.models.load(path)
     assert isinstance(back, Decomposition) and back.config == model.config
     torch.testing.assert_close(back.decompose(x[:3]), model.decompose(x[:3]))
 
