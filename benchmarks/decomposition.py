@@ -69,9 +69,8 @@ def _run(model: Decomposition, factors: list, n: int, steps: int) -> tuple[torch
     return res["x"], res.stats
 
 
-def _owners(model: Decomposition, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``(N, K_objects)``: the component with most attributed pixels inside each object's mask."""
-    attr = model.attributions(x)  # (N, K, H, W)
+def _owners(attr: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """``(N, K_objects)``: the component with most attributed pixels ``attr`` inside each object's mask."""
     inside = (masks > 0.5).to(attr.dtype)  # (N, J, H, W)
     return torch.einsum("nkhw,njhw->njk", attr, inside).argmax(-1)
 
@@ -81,9 +80,10 @@ def evaluate(model: Decomposition, x: torch.Tensor, labels: dict[str, torch.Tens
     t0 = time.perf_counter()
     recon, stats = _run(model, model.components_of(x), n, steps)
     wall = time.perf_counter() - t0
-    det = score_detections(detect(recon), labels["xy"], labels["mask"])
+    found_recon = detect(recon)
+    det = score_detections(found_recon, labels["xy"], labels["mask"])
     hits = det["hit_rate"] * int(labels["mask"].sum())
-    found = sum(d.count for d in detect(recon))
+    found = sum(d.count for d in found_recon)
     out: dict[str, Any] = {
         "reconstruction": {
             "mse": round(float((recon - x).square().mean()), 5),
@@ -95,12 +95,12 @@ def evaluate(model: Decomposition, x: torch.Tensor, labels: dict[str, torch.Tens
         }
     }
     fg = labels["masks"].sum(1) > 0.5
-    out["attribution_ari_fg"] = round(
-        float(adjusted_rand_index(labels["masks"], model.attributions(x), foreground=fg).mean()), 4
-    )
+    attr = model.attributions(x)  # (N, K, H, W)
+    ari = adjusted_rand_index(labels["masks"], attr, foreground=fg).mean()
+    out["attribution_ari_fg"] = round(float(ari), 4)
     if model.components == 1:
         return out
-    owners = _owners(model, x, labels["masks"])
+    owners = _owners(attr, labels["masks"])
     xs, chosen_b, wants, masks = [], [], [], []
     factors_a, factors_b = [], []
     for i in range(0, n - 1, 2):
@@ -130,8 +130,9 @@ def evaluate(model: Decomposition, x: torch.Tensor, labels: dict[str, torch.Tens
         )
     mixed, _ = _run(model, factors + factors_b, len(xs), steps)
     want, mask = torch.stack(wants), torch.stack(masks)
-    det = score_detections(detect(mixed), want, mask)
-    found = sum(d.count for d in detect(mixed))
+    found_mixed = detect(mixed)
+    det = score_detections(found_mixed, want, mask)
+    found = sum(d.count for d in found_mixed)
     out["recombination"] = {
         "pairs": len(xs),
         "recall": det["hit_rate"],

@@ -256,6 +256,8 @@ def train(
     )
     for step in bar:
         x, cond = draw(batch, gen)
+        if isinstance(model, Decomposition):
+            cond = {}  # unsupervised: the labels a sampler returns are not used
         x = x.to(torch.get_default_dtype())
         t = t_min + (1 - t_min) * torch.rand(batch, generator=gen, dtype=torch.float64)
         a = schedule.alpha(t).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
