@@ -12,6 +12,8 @@
   :class:`Decomposition` the same way.
 * :class:`Decomposition` -- Decomp Diffusion (dissertation ch. 4): an encoder's ``K`` latents of
   an image, each a :class:`ComponentFactor`; :func:`recombination_scene` composes them.
+* :class:`SlotVAE` -- Slot-VAE (dissertation ch. 3): slot attention (:class:`SlotAttention`) in a
+  two-level VAE, the object-centric baseline; :func:`fit_slot_vae` trains it.
 * :func:`from_diffusers` -- a local diffusers model or pipeline folder as a factor
   (optional extra ``probcomp[diffusers]``; imported on first use, never by ``import probcomp``).
 """
@@ -28,6 +30,7 @@ from .checkpoint import load, load_decomposition, read_config, save
 from .decomposition import ComponentFactor, Decomposition, recombination_scene
 from .energy import EnergyModel
 from .networks import ResMLP
+from .slots import SlotAttention, SlotVAE, fit_slot_vae
 from .parameterisation import PREDICTIONS, ModelFactor, NetworkFactor, Preconditioned, to_eps
 from .training import TrainResult, train
 
@@ -40,7 +43,10 @@ __all__ = [
     "NetworkFactor",
     "Preconditioned",
     "ResMLP",
+    "SlotAttention",
+    "SlotVAE",
     "TrainResult",
+    "fit_slot_vae",
     "from_diffusers",
     "load",
     "load_decomposition",

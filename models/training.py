@@ -172,6 +172,7 @@ def train(
     objective: str | None = None,
     lam: float = 0.0,
     t_min: float = 1e-3,
+    min_snr: float | None = None,
     grad_clip: float = 1.0,
     log_every: int = 100,
     checkpoint: str | Path | None = None,
@@ -194,6 +195,11 @@ def train(
             on the conditional-independence term; needs two or more discrete attributes) or
             ``"decomposition"`` (Eq. 4.9, for a :class:`~probcomp.models.decomposition.Decomposition`).
             By default ``"decomposition"`` for a Decomposition and ``"eps"`` otherwise.
+        min_snr: weigh each sample's eps loss by ``min(SNR_t, gamma) / SNR_t`` with ``gamma =
+            min_snr`` and ``SNR_t = alpha_t^2 / sigma_t^2`` (Hang et al. 2023, "Efficient diffusion
+            training via min-SNR weighting strategy", Eq. 7).  For an x0-predicting network the eps
+            loss is ``SNR_t |x0 - x0_hat|^2``, which the nearly clean levels dominate; the clamp
+            bounds their share (``gamma = 5`` is the paper's choice).  ``None``: the plain eps loss.
         checkpoint: a file path for the resumable training state (``torch.save`` of
             tensors only, read back with ``weights_only=True``); training resumes from it.
         progress: show a tqdm bar; by default only on an interactive terminal outside CI.
@@ -218,6 +224,8 @@ def train(
             )
     if steps < 1 or batch < 1:
         raise DataError(f"steps and batch must be positive, got {steps}, {batch}")
+    if min_snr is not None and not (isinstance(min_snr, (int, float)) and min_snr > 0):
+        raise DataError(f"min_snr must be a positive number (gamma) or None, got {min_snr!r}")
     schedule = schedule if schedule is not None else sched.linear()
     draw = _sampler(data)
     device = torch.device(device)
@@ -276,7 +284,11 @@ def train(
             pred = _composed_eps(model, y, mt, cond)
         else:
             pred = model(y, mt, cond or None)
-        loss = (pred - eps).square().mean()
+        per = (pred - eps).square().flatten(1).mean(1)
+        if min_snr is not None:
+            snr = (a / s).square().reshape(-1).to(device)
+            per = per * snr.clamp(max=float(min_snr)) / snr
+        loss = per.mean()
         if objective == "coind" and lam > 0:
             loss = loss + lam * _coind_ci(model, y, mt, s.to(device), original, attributes, gen).mean()
         if not torch.isfinite(loss):
