@@ -1,4 +1,4 @@
-"""Decomp Diffusion against Slot-VAE on the blob scenes: reconstruction, segmentation, recombination (issue 25).
+"""Decomp Diffusion against Slot-VAE on blob scenes: reconstruction, segmentation, recombination (issue 25).
 
 Models, trained from scratch with seed 0 on 32x32 scenes of 2-3 blobs (``probcomp.datasets.blobs``,
 objects at least 6 px apart), the Decomp Diffusion ones the same steps and batch each
@@ -130,7 +130,7 @@ def _run(factors: list, n: int, steps: int) -> tuple[torch.Tensor, dict[str, Any
 
 
 def _owners(segments: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """``(N, J)``: the segment (of ``segments`` ``(N, K, H, W)``) with most weight inside each object's mask."""
+    """``(N, J)``: the segment of ``segments`` ``(N, K, H, W)`` with most weight in each object's mask."""
     inside = (masks > 0.5).to(segments.dtype)  # (N, J, H, W)
     return torch.einsum("nkhw,njhw->njk", segments, inside).argmax(-1)
 

@@ -30,8 +30,8 @@ from .checkpoint import load, load_decomposition, read_config, save
 from .decomposition import ComponentFactor, Decomposition, recombination_scene
 from .energy import EnergyModel
 from .networks import ResMLP
-from .slots import SlotAttention, SlotVAE, fit_slot_vae
 from .parameterisation import PREDICTIONS, ModelFactor, NetworkFactor, Preconditioned, to_eps
+from .slots import SlotAttention, SlotVAE, fit_slot_vae
 from .training import TrainResult, train
 
 __all__ = [
