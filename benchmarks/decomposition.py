@@ -351,8 +351,8 @@ def figure(path: str, x: torch.Tensor, shown: dict[str, dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=4000, help="Decomp Diffusion training steps")
-    ap.add_argument("--slot-steps", type=int, default=3000, help="Slot-VAE training steps")
+    ap.add_argument("--steps", type=int, default=3000, help="Decomp Diffusion training steps")
+    ap.add_argument("--slot-steps", type=int, default=2500, help="Slot-VAE training steps")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--test", type=int, default=64)
     ap.add_argument("--ddim-steps", type=int, default=50)

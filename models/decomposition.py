@@ -56,7 +56,9 @@ class Encoder(nn.Module):
     A convolution (with CoordConv position channels), then one residual block per
     resolution with stride-2 down-sampling and doubling width between them, then a linear
     map of the flattened features to ``K * latent`` numbers (the seed's latent encoder,
-    App. 4, scaled to 32 px).
+    App. 4, scaled to 32 px).  Each latent is then standardised over its coordinates (a layer
+    norm without gain): without it, training drifted the latents to magnitudes in the hundreds,
+    where the denoiser cannot read them.
     """
 
     _coords: torch.Tensor
@@ -88,7 +90,8 @@ class Encoder(nn.Module):
         h = self.inp(torch.cat([x, self._coords.to(x.dtype).expand(x.shape[0], -1, -1, -1)], 1))
         for i, skip in enumerate(self.res):
             h = skip(h) + self.body[3 * i : 3 * i + 3](h)
-        return self.out(h.flatten(1)).reshape(x.shape[0], self.components, self.latent)
+        z = self.out(h.flatten(1)).reshape(x.shape[0], self.components, self.latent)
+        return nn.functional.layer_norm(z, (self.latent,))
 
 
 class Decomposition(nn.Module):
@@ -152,7 +155,14 @@ class Decomposition(nn.Module):
         }
         self.encoder = Encoder(channels, size, components, latent, width)
         self.denoiser = UNet(
-            channels, size, base, tuple(mults), continuous={"z": latent}, coords=True, broadcast=("z",)
+            channels,
+            size,
+            base,
+            tuple(mults),
+            continuous={"z": latent},
+            coords=True,
+            broadcast=("z",),
+            linear=("z",),
         )
 
     # Shapes and checks ----------------------------------------------------------------

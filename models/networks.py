@@ -58,15 +58,23 @@ class Conditioning(nn.Module):
         continuous: dict[str, int] | None = None,
         fourier_features: int = 64,
         fourier_scale: float = 4.0,
+        linear: tuple[str, ...] | list[str] = (),
     ) -> None:
         super().__init__()
         self.dim = dim
         self.attributes = dict(attributes or {})
         self.continuous = dict(continuous or {})
+        self.linear = tuple(linear)
+        if set(self.linear) - set(self.continuous):
+            raise DataError(f"linear conditions {sorted(self.linear)} must be continuous ones")
         self.tables = nn.ModuleDict({k: nn.Embedding(n + 1, dim) for k, n in self.attributes.items()})
         self.proj = nn.ModuleDict()
         self.null = nn.ParameterDict()
         for k, d in self.continuous.items():
+            if k in self.linear:  # a learned latent: an MLP of the raw values, no Fourier features
+                self.proj[k] = nn.Sequential(nn.Linear(d, dim), nn.SiLU(), nn.Linear(dim, dim))
+                self.null[k] = nn.Parameter(torch.zeros(dim))
+                continue
             g = torch.Generator().manual_seed(len(k) * 7919 + d)
             self.register_buffer(
                 f"_B_{k}", fourier_scale * torch.randn(d, fourier_features // 2, generator=g)
@@ -109,8 +117,11 @@ class Conditioning(nn.Module):
                 v = torch.as_tensor(cond[k], dtype=like.dtype, device=like.device).reshape(-1, d).expand(n, d)
                 dropped = torch.isnan(v).any(1, keepdim=True)  # NaN rows mean "absent" (per sample)
                 v = torch.nan_to_num(v)
-                arg = 2 * math.pi * v @ getattr(self, f"_B_{k}").to(like.dtype)
-                emb = self.proj[k](torch.cat([v, arg.sin(), arg.cos()], 1))
+                if k in self.linear:
+                    emb = self.proj[k](v)
+                else:
+                    arg = 2 * math.pi * v @ getattr(self, f"_B_{k}").to(like.dtype)
+                    emb = self.proj[k](torch.cat([v, arg.sin(), arg.cos()], 1))
                 emb = torch.where(dropped, self.null[k].expand(n, -1), emb)
             else:
                 emb = self.null[k].expand(n, -1)
@@ -235,7 +246,10 @@ class UNet(nn.Module):
     over the image as constant input channels, one per coordinate (the spatial broadcast of
     Watters et al. 2019): with ``coords`` the first convolution sees each pixel's position
     beside the latent, so a latent that encodes where an object is can paint it there
-    (Decomp Diffusion's components, :mod:`probcomp.models.decomposition`).
+    (Decomp Diffusion's components, :mod:`probcomp.models.decomposition`).  ``linear`` names
+    continuous conditions embedded by an MLP of their raw values instead of Fourier features:
+    learned latents, whose scale is not that of a position in [0, 1], for which the Fourier
+    features' high frequencies would make the embedding an arbitrary hash of the latent.
     """
 
     _coords: torch.Tensor  # (1, 2, size, size) pixel centres, a buffer (with coords, spatial or point_sets)
@@ -254,6 +268,7 @@ class UNet(nn.Module):
         spatial: dict[str, float] | None = None,
         point_sets: dict[str, float] | None = None,
         broadcast: tuple[str, ...] | list[str] = (),
+        linear: tuple[str, ...] | list[str] = (),
     ) -> None:
         super().__init__()
         if size % 2 ** (len(mults) - 1):
@@ -271,6 +286,7 @@ class UNet(nn.Module):
             "spatial": {k: float(r) for k, r in (spatial or {}).items()},
             "point_sets": {k: float(r) for k, r in (point_sets or {}).items()},
             "broadcast": [str(k) for k in broadcast],
+            "linear": [str(k) for k in linear],
         }
         if set(self.config["broadcast"]) - set(self.config["continuous"]):
             raise DataError(
@@ -289,7 +305,7 @@ class UNet(nn.Module):
             )
         emb = 4 * base
         self.time = TimeEmbedding(emb, time_scale)
-        self.cond = Conditioning(emb, attributes, continuous)
+        self.cond = Conditioning(emb, attributes, continuous, linear=self.config["linear"])
         maps = len(self.config["spatial"]) + len(self.config["point_sets"])
         maps += sum(self.config["continuous"][k] for k in self.config["broadcast"])
         self.inp = nn.Conv2d(channels + 2 * bool(coords) + maps, base, 3, padding=1)
@@ -420,6 +436,7 @@ def build(config: dict[str, Any]) -> nn.Module:
             spatial={k: float(r) for k, r in cfg.pop("spatial", {}).items()},
             point_sets={k: float(r) for k, r in cfg.pop("point_sets", {}).items()},
             broadcast=tuple(str(k) for k in cfg.pop("broadcast", [])),
+            linear=tuple(str(k) for k in cfg.pop("linear", [])),
             **shared,
         )
     raise DataError(f"unknown network kind {kind!r}")

@@ -245,3 +245,18 @@ def test_the_frontier_names_the_configurations_the_defaults_run():
         want = named[name].make().run(scene, 32, seed=0)
         got = AnnealedMCMC().run(scene, 32, seed=0)
         assert torch.equal(got["x"], want["x"]) and got.stats["nfe_total"] == want.stats["nfe_total"], name
+
+
+@pytest.mark.slow
+def test_decomposition_benchmark_quick():
+    """Every model, score and recombination of the Decomp Diffusion / Slot-VAE benchmark runs."""
+    data = _quick("decomposition.py", "--quick")
+    assert set(data["models"]) == {
+        "decomp x0", "single component", "decomp eps", "decomp x0 (global data)", "slot-vae"
+    }  # fmt: skip
+    for name, row in data["models"].items():
+        assert 0 <= row["reconstruction"]["recall"] <= 1, name
+        assert -1 <= row["segmentation_ari_fg"] <= 1, name
+    assert "recombination" in data["models"]["slot-vae"]
+    assert 0 <= data["models"]["decomp x0 (global data)"]["global_recombination"]["closer_to_donor"] <= 1
+    assert data["cross_model"]["pairs"] > 0

@@ -194,3 +194,15 @@ def test_adjusted_rand_index_known_answers() -> None:
     assert float(adjusted_rand_index(oh([[0, 0, 1, 1]], 2), oh([[1, 1, 0, 1]], 2), foreground=fg)[0]) == 1.0
     with pytest.raises(ShapeError):
         adjusted_rand_index(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 3, 4))
+
+
+def test_latents_are_standardised_whatever_the_encoder_weights():
+    """Each latent has zero mean and unit variance over its coordinates, even for scaled-up weights."""
+    torch.manual_seed(0)
+    m = Decomposition(3, 8, base=8, mults=(1, 2), width=8)
+    with torch.no_grad():
+        m.encoder.out.weight.mul_(1e3)
+    z = m.decompose(torch.rand(5, 3, 32, 32) * 2 - 1)
+    assert z.shape == (5, 3, 8)
+    assert torch.allclose(z.mean(-1), torch.zeros(5, 3), atol=1e-4)
+    assert torch.allclose(z.var(-1, unbiased=False), torch.ones(5, 3), atol=1e-3)

@@ -282,3 +282,51 @@ def test_short_training_warns_when_the_ema_is_mostly_initial_weights():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(ResMLP(2, 8, 1), draw, steps=200, batch=8, ema=0.9, progress=False)
+
+
+class _Zero(torch.nn.Module):
+    """Predicts eps = 0 whatever its input, so its loss is the (weighted) mean of eps^2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, y, t, cond=None):
+        return y * 0 + self.w
+
+
+@pytest.mark.parametrize("gamma", [None, 5.0, 0.5])
+def test_min_snr_weighting_is_the_clamped_snr_over_snr(gamma):
+    """Hang et al. (2023): each sample's eps loss is weighted by min(SNR_t, gamma) / SNR_t."""
+    x = torch.zeros(1, 3)
+    schedule = sched.cosine()
+    res = train(
+        _Zero(), lambda n, g: x.expand(n, -1), schedule=schedule, steps=1, batch=64, ema=0,
+        seed=3, t_min=0.02, log_every=1, min_snr=gamma, progress=False,
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(3)  # the draws train makes: times, then noise
+    t = 0.02 + 0.98 * torch.rand(64, generator=g, dtype=torch.float64)
+    eps = torch.randn(64, 3, generator=g)
+    snr = (schedule.alpha(t) / schedule.sigma(t)).square().float()
+    weight = torch.ones(64) if gamma is None else snr.clamp(max=gamma) / snr
+    assert res.losses[0] == pytest.approx(float((eps.square().mean(1) * weight).mean()), rel=1e-5)
+    if gamma == 0.5:
+        assert float(weight.max()) <= 1.0 and float(weight.min()) < 0.5  # the clean levels count less
+
+
+def test_min_snr_must_be_positive():
+    with pytest.raises(pc.DataError, match="min_snr"):
+        train(_Zero(), torch.zeros(8, 3), steps=1, batch=4, min_snr=0.0)
+
+
+def test_linear_condition_is_read_without_fourier_features(tmp_path):
+    """A learned latent enters through an MLP of its raw values: no Fourier buffer, and a round trip."""
+    net = UNet(3, 8, 8, (1, 2), continuous={"z": 4}, broadcast=("z",), linear=("z",), coords=True)
+    assert "cond._B_z" not in net.state_dict()
+    y, t, z = torch.randn(2, 3, 8, 8), torch.rand(2) * 1000, torch.randn(2, 4)
+    path = tmp_path / "lin"
+    save(path, net, schedule=sched.linear(), event_shape=(3, 8, 8))
+    again = load(path)
+    assert torch.equal(again.net(y, t, {"z": z}), net(y, t, {"z": z}))
+    with pytest.raises(pc.DataError, match="linear conditions"):
+        UNet(3, 8, 8, (1, 2), continuous={"z": 4}, linear=("w",))
