@@ -109,6 +109,10 @@ class Decomposition(nn.Module):
         reduce: ``"mean"`` (default) or ``"sum"`` (module docstring).
         schedule: the noise schedule trained on (a config dict or a schedule; cosine by default,
             as in the seed).
+        denoiser: a network ``denoiser(y, model_time, {"z": z})`` to use instead of the U-Net
+            (``base`` and ``mults`` are then unused), with a JSON ``config`` that rebuilds it: a
+            pretrained diffusers U-Net (:func:`probcomp.models.diffusers.pretrained_decomposition`,
+            dissertation Sec. 4.5.5), or such a config read from a checkpoint.
 
     Train it with :func:`probcomp.models.train` and ``objective="decomposition"``.
     """
@@ -128,6 +132,7 @@ class Decomposition(nn.Module):
         prediction: str = "x0",
         reduce: str = "mean",
         schedule: sched.Schedule | dict[str, Any] | None = None,
+        denoiser: nn.Module | dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.meta = {}
@@ -154,6 +159,10 @@ class Decomposition(nn.Module):
             "schedule": self.schedule.config(),
         }
         self.encoder = Encoder(channels, size, components, latent, width)
+        if denoiser is not None:  # a pretrained network (Sec. 4.5.5), or its config from a checkpoint
+            self.denoiser: nn.Module = _denoiser(denoiser, latent)
+            self.config["denoiser"] = self.denoiser.config
+            return
         self.denoiser = UNet(
             channels,
             size,
@@ -304,6 +313,23 @@ class Decomposition(nn.Module):
                 )
             out.append(k)
         return out
+
+
+def _denoiser(denoiser: nn.Module | dict[str, Any], latent: int) -> nn.Module:
+    if isinstance(denoiser, dict):  # a checkpoint's config: only known kinds are built, no code runs
+        if denoiser.get("kind") != "diffusers_unet":
+            raise DataError(f"Decomposition: unknown denoiser kind {denoiser.get('kind')!r}")
+        from .diffusers.decomposition import LatentConditionedUNet
+
+        denoiser = LatentConditionedUNet.from_config(denoiser)
+    cfg = getattr(denoiser, "config", None)
+    if not isinstance(cfg, dict) or "kind" not in cfg:
+        raise DataError("Decomposition: a denoiser needs a JSON config dict with a 'kind' (to be saved)")
+    if cfg.get("latent", latent) != latent:
+        raise ShapeError(
+            f"Decomposition: the denoiser takes latents of {cfg['latent']} numbers, not {latent}"
+        )
+    return denoiser
 
 
 class ComponentFactor(ModelFactor):

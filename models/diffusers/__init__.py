@@ -10,6 +10,8 @@ settings that reproduce diffusers' own DDPM / DDIM timesteps.  Nothing is downlo
 * :mod:`.core` -- what conditioned copies share: networks, prompt cache, batching, precision;
 * :mod:`.loading` -- local folders, safetensors only unless ``allow_pickle=True``;
 * :mod:`.scenes` -- panorama, background + object and whole + part scenes on latents;
+* :mod:`.decomposition` -- Decomp Diffusion with a pretrained U-Net as the denoiser
+  (:func:`pretrained_decomposition`, dissertation Sec. 4.5.5);
 * :mod:`.tiny` -- tiny models built from configs (tests, examples);
 * :mod:`.train` -- training the zoo's ``shapes-unet`` with diffusers' own U-Net and scheduler.
 """
@@ -23,10 +25,19 @@ import torch
 
 from probcomp.errors import FactorError
 
+from .decomposition import LatentConditionedUNet, pretrained_decomposition
 from .factor import PREDICTION_TYPES, Condition, DiffusersFactor, from_parts, pipeline_grid
 from .loading import load_parts, resolve_source
 
-__all__ = ["PREDICTION_TYPES", "Condition", "DiffusersFactor", "from_diffusers", "pipeline_grid"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "Condition",
+    "DiffusersFactor",
+    "LatentConditionedUNet",
+    "from_diffusers",
+    "pipeline_grid",
+    "pretrained_decomposition",
+]
 
 
 def from_diffusers(
