@@ -15,8 +15,10 @@
 # accept, so components of one image reconstruct it and components of two images recombine.
 #
 # The zoo's `decomp-blobs` has `K = 4` latents of 16 numbers, predicts `x0` and averages its
-# components (the seed's best configuration); it was trained for a few CPU minutes on scenes
-# of 2-3 blobs by `benchmarks/decomposition.py`, which also measures what is shown here.
+# components (the seed's best configuration); it was trained on 2 CPU cores, on scenes of 2-3
+# blobs, by `benchmarks/decomposition.py`.  That benchmark also measures what is shown here,
+# against Slot-VAE (`probcomp.models.SlotVAE`) and the ablations; the seed trains for about a
+# GPU-day, so read the pictures as those of a small-budget model.
 
 # %%
 import os
@@ -90,3 +92,13 @@ for ax, (title, im) in zip(axes, panels, strict=True):
     ax.set_title(title, fontsize=7)
     ax.axis("off")
 plt.show()
+
+# %% [markdown]
+# ## Other models, other denoisers
+#
+# Components of two models compose when their images have one shape: pass factors of both
+# to `recombination_scene` (the benchmark puts the objects of this model on the background of
+# one trained on coloured backgrounds).  `probcomp.models.diffusers.pretrained_decomposition`
+# builds a Decomposition whose denoiser is a pretrained diffusers U-Net (Sec. 4.5.5); before
+# fine-tuning, its composition is exactly the pretrained model, and `train` fine-tunes it with
+# the encoder.
