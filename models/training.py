@@ -173,6 +173,7 @@ def train(
     lam: float = 0.0,
     t_min: float = 1e-3,
     min_snr: float | None = None,
+    snr_floor: float | None = None,
     grad_clip: float = 1.0,
     log_every: int = 100,
     checkpoint: str | Path | None = None,
@@ -200,6 +201,13 @@ def train(
             training via min-SNR weighting strategy", Eq. 7).  For an x0-predicting network the eps
             loss is ``SNR_t |x0 - x0_hat|^2``, which the nearly clean levels dominate; the clamp
             bounds their share (``gamma = 5`` is the paper's choice).  ``None``: the plain eps loss.
+        snr_floor: weigh by ``max(SNR_t, floor) / SNR_t`` (with ``min_snr``, by
+            ``clip(SNR_t, floor, gamma) / SNR_t``): for an x0-predicting network the loss at the
+            noisiest levels becomes ``floor * |x0 - x0_hat|^2`` instead of vanishing with
+            ``SNR_t``, so reconstructing the image from almost pure noise, where only the
+            condition tells what it is, counts ("truncated SNR" weighting, Salimans & Ho 2022,
+            "Progressive distillation for fast sampling of diffusion models", Sec. 4, floor 1).
+            It multiplies an eps-predicting network's loss by up to ``floor / SNR_t``.
         checkpoint: a file path for the resumable training state (``torch.save`` of
             tensors only, read back with ``weights_only=True``); training resumes from it.
         progress: show a tqdm bar; by default only on an interactive terminal outside CI.
@@ -224,8 +232,11 @@ def train(
             )
     if steps < 1 or batch < 1:
         raise DataError(f"steps and batch must be positive, got {steps}, {batch}")
-    if min_snr is not None and not (isinstance(min_snr, (int, float)) and min_snr > 0):
-        raise DataError(f"min_snr must be a positive number (gamma) or None, got {min_snr!r}")
+    for label, v in (("min_snr", min_snr), ("snr_floor", snr_floor)):
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v < float("inf")):
+            raise DataError(f"{label} must be a positive number or None, got {v!r}")
+    if min_snr is not None and snr_floor is not None and snr_floor > min_snr:
+        raise DataError(f"snr_floor={snr_floor} is above min_snr={min_snr}")
     schedule = schedule if schedule is not None else sched.linear()
     draw = _sampler(data)
     device = torch.device(device)
@@ -285,9 +296,9 @@ def train(
         else:
             pred = model(y, mt, cond or None)
         per = (pred - eps).square().flatten(1).mean(1)
-        if min_snr is not None:
+        if min_snr is not None or snr_floor is not None:
             snr = (a / s).square().reshape(-1).to(device)
-            per = per * snr.clamp(max=float(min_snr)) / snr
+            per = per * snr.clamp(min=snr_floor, max=min_snr) / snr
         loss = per.mean()
         if objective == "coind" and lam > 0:
             loss = loss + lam * _coind_ci(model, y, mt, s.to(device), original, attributes, gen).mean()

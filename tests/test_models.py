@@ -295,28 +295,35 @@ class _Zero(torch.nn.Module):
         return y * 0 + self.w
 
 
-@pytest.mark.parametrize("gamma", [None, 5.0, 0.5])
-def test_min_snr_weighting_is_the_clamped_snr_over_snr(gamma):
-    """Hang et al. (2023): each sample's eps loss is weighted by min(SNR_t, gamma) / SNR_t."""
+@pytest.mark.parametrize(
+    ("gamma", "floor"), [(None, None), (5.0, None), (0.5, None), (5.0, 1.0), (None, 1.0)]
+)
+def test_snr_weighting_is_the_clamped_snr_over_snr(gamma, floor):
+    """Each sample's eps loss is weighted by clip(SNR_t, floor, gamma) / SNR_t (min-SNR, Hang et al.
+    2023; the floor is Salimans & Ho's 2022 truncated SNR)."""
     x = torch.zeros(1, 3)
     schedule = sched.cosine()
     res = train(
         _Zero(), lambda n, g: x.expand(n, -1), schedule=schedule, steps=1, batch=64, ema=0,
-        seed=3, t_min=0.02, log_every=1, min_snr=gamma, progress=False,
+        seed=3, t_min=0.02, log_every=1, min_snr=gamma, snr_floor=floor, progress=False,
     )  # fmt: skip
     g = torch.Generator().manual_seed(3)  # the draws train makes: times, then noise
     t = 0.02 + 0.98 * torch.rand(64, generator=g, dtype=torch.float64)
     eps = torch.randn(64, 3, generator=g)
     snr = (schedule.alpha(t) / schedule.sigma(t)).square().float()
-    weight = torch.ones(64) if gamma is None else snr.clamp(max=gamma) / snr
+    weight = torch.ones(64) if gamma is floor is None else snr.clamp(min=floor, max=gamma) / snr
     assert res.losses[0] == pytest.approx(float((eps.square().mean(1) * weight).mean()), rel=1e-5)
+    if floor is not None:
+        assert float(weight.max()) > 10  # the noisiest levels count more
     if gamma == 0.5:
         assert float(weight.max()) <= 1.0 and float(weight.min()) < 0.5  # the clean levels count less
 
 
-def test_min_snr_must_be_positive():
+def test_snr_weights_must_be_positive_and_ordered():
     with pytest.raises(pc.DataError, match="min_snr"):
         train(_Zero(), torch.zeros(8, 3), steps=1, batch=4, min_snr=0.0)
+    with pytest.raises(pc.DataError, match="snr_floor=6.0 is above min_snr=5.0"):
+        train(_Zero(), torch.zeros(8, 3), steps=1, batch=4, min_snr=5.0, snr_floor=6.0)
 
 
 def test_linear_condition_is_read_without_fourier_features(tmp_path):
