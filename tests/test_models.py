@@ -311,7 +311,7 @@ def test_snr_weighting_is_the_clamped_snr_over_snr(gamma, floor):
     t = 0.02 + 0.98 * torch.rand(64, generator=g, dtype=torch.float64)
     eps = torch.randn(64, 3, generator=g)
     snr = (schedule.alpha(t) / schedule.sigma(t)).square().float()
-    weight = torch.ones(64) if gamma is floor is None else snr.clamp(min=floor, max=gamma) / snr
+    weight = torch.ones(64) if gamma is None and floor is None else snr.clamp(min=floor, max=gamma) / snr
     assert res.losses[0] == pytest.approx(float((eps.square().mean(1) * weight).mean()), rel=1e-5)
     if floor is not None:
         assert float(weight.max()) > 10  # the noisiest levels count more
