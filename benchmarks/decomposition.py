@@ -29,6 +29,9 @@ On ``--test`` held-out images of one fixed seed:
   detector checks that exactly A's object and B's objects appear where they were (precision and
   recall, 3 px).  Decomp Diffusion composes the components in a scene; Slot-VAE swaps slot
   latents (both images encoded from the same initial slots) and decodes;
+* **samples** (Slot-VAE) -- scene structure of images drawn from its prior: the share in which
+  the detector finds as many objects as a training scene has (2-3), beside the same share on
+  the real test images (the detector's own floor);
 * **global recombination** (the global-data model) -- the component that carries the background
   is the one whose swap moves the background colour furthest towards the donor on 16
   calibration pairs; on test pairs (A, B) with different backgrounds, A's components with that one
@@ -238,6 +241,15 @@ def evaluate_slot_vae(model: SlotVAE, x: torch.Tensor, labels: dict) -> tuple[di
     ]
     mixed = model.decode(z)[0]
     out["recombination"] = _recombination_scores(mixed, labels, pairs)
+    # scene structure of prior samples (Tables 3.2-3.3's question): as many objects as a scene has
+    lo, hi = DATA["num_objects"]
+    counts = [d.count for d in detect(model.sample(x.shape[0], torch.Generator().manual_seed(2)))]
+    real = [d.count for d in detect(x)]
+    out["samples"] = {
+        "object_count_in_range": round(sum(lo <= c <= hi for c in counts) / len(counts), 4),
+        "object_count_in_range_real_images": round(sum(lo <= c <= hi for c in real) / len(real), 4),
+        "mean_objects": round(sum(counts) / len(counts), 3),
+    }
     return out, {"recon": enc["recon"], "segments": enc["masks"], "mixed": mixed}
 
 
