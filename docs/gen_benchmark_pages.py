@@ -822,6 +822,9 @@ def _decomposition(r: Results) -> str:
 - **Segmentation** (ARI-FG): Decomp Diffusion's attributions {m("decomp x0", "segmentation_ari_fg", digits=3)},
   Slot-VAE's masks {m("slot-vae", "segmentation_ari_fg", digits=3)}, the eps ablation
   {m("decomp eps", "segmentation_ari_fg", digits=3)}.
+- **Slot-VAE's prior samples**: the detector finds 2-3 objects (a training scene's count) in
+  {m("slot-vae", "samples", "object_count_in_range", digits=2)} of them, against
+  {m("slot-vae", "samples", "object_count_in_range_real_images", digits=2)} of the real test images.
 - **Global recombination**: swapping component {r(f, *g, "background_component")} leaves the background
   {r(f, *g, "distance_to_donor", digits=3)} from the donor's colour and {r(f, *g, "distance_to_recipient", digits=3)}
   from the recipient's (the two differ by {r(f, *g, "donor_recipient_distance", digits=3)}); closer to the donor in
