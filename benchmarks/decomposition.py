@@ -87,7 +87,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 SLOT_VAE = {"num_slots": 4, "beta_global": 0.01}
 DATA = {"num_objects": (2, 3), "min_separation": 6.0, "masks": True}
-TRAIN = {"lr": 2e-3, "ema": 0.999, "t_min": 0.02, "min_snr": 5.0, "snr_floor": 1.0}
+TRAIN = {"lr": 2e-3, "ema": 0.995, "t_min": 0.02, "min_snr": 5.0, "snr_floor": 1.0}
 SLOT_TRAIN = {"lr": 4e-4, "warmup": 500}
 
 
