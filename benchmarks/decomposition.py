@@ -361,7 +361,7 @@ def pretrained_variant(steps: int, batch: int, n_test: int, ddim: int, cache: st
             model.denoiser.unet.class_embedding.null.data.zero_()
         before, _ = _run(model.components_of(x), n_test, ddim)
         res = train(
-            model, data, steps=steps, batch=batch, lr=2e-4, ema=0.99, t_min=0.02, progress=False,
+            model, data, steps=steps, batch=batch, lr=5e-4, ema=0.99, t_min=0.02, progress=False,
             checkpoint=_state(cache, f"shapes-unet-{name}"),
         )  # fmt: skip
         after, _ = _run(res.model.components_of(x), n_test, ddim)
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2000, help="Decomp Diffusion training steps")
     ap.add_argument("--slot-steps", type=int, default=1500, help="Slot-VAE training steps")
-    ap.add_argument("--pretrained-steps", type=int, default=300, help="fine-tuning steps (Sec. 4.5.5)")
+    ap.add_argument("--pretrained-steps", type=int, default=1500, help="fine-tuning steps (Sec. 4.5.5)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--test", type=int, default=64)
