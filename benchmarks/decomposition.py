@@ -140,8 +140,16 @@ def _owners(segments: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nkhw,njhw->njk", segments, inside).argmax(-1)
 
 
+def _detect(images: torch.Tensor, labels: dict) -> list:
+    """The detector against each image's own background (``blobs_global`` records one per image)."""
+    if "background_rgb" not in labels:
+        return detect(images)
+    bg = ((labels["background_rgb"] * labels["gain"][:, None]).clamp(0, 1) * 2 - 1).tolist()
+    return [detect(images[i : i + 1], background=tuple(bg[i]))[0] for i in range(images.shape[0])]
+
+
 def _reconstruction(recon: torch.Tensor, x: torch.Tensor, labels: dict, wall: float, nfe: Any) -> dict:
-    found = detect(recon)
+    found = _detect(recon, labels)
     det = score_detections(found, labels["xy"], labels["mask"])
     hits = det["hit_rate"] * int(labels["mask"].sum())
     return {
@@ -180,7 +188,7 @@ def _recombination_scores(mixed: torch.Tensor, labels: dict, pairs: list) -> dic
     mask = torch.stack(
         [torch.cat([torch.ones(1, dtype=torch.bool), labels["mask"][b]]) for _, b, _, _ in pairs]
     )
-    found = detect(mixed)
+    found = _detect(mixed, {k: v[[b for _, b, _, _ in pairs]] for k, v in labels.items()})  # B's background
     det = score_detections(found, want, mask)
     return {
         "pairs": len(pairs),
