@@ -275,7 +275,7 @@ class _BroadcastDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """``(M, latent) -> (M, channels + 1, H, W)``."""
-        coords: torch.Tensor = self.coords
+        coords = cast(torch.Tensor, self.coords)  # a buffer
         h, w = coords.shape[-2:]
         tiled = z[:, :, None, None].expand(-1, -1, h, w)
         return self.net(torch.cat([tiled, coords.to(z).expand(z.shape[0], -1, -1, -1)], 1))
@@ -452,7 +452,7 @@ class SlotVAE(nn.Module):
     def _embed(self, h: torch.Tensor) -> torch.Tensor:
         """A ``(N, dim, H, W)`` map plus the soft position embedding, flattened and passed through
         the per-position feature MLP: ``(N, H*W, dim)``."""
-        grid: torch.Tensor = self.grid
+        grid = cast(torch.Tensor, self.grid)  # a buffer
         h = h.flatten(2).transpose(1, 2) + self.position(grid.to(h))
         return self.feature_mlp(h)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -94,9 +94,10 @@ class LatentConditionedUNet(nn.Module):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> LatentConditionedUNet:
         """The architecture of a saved model (weights are loaded afterwards); builds no code."""
-        from diffusers import UNet2DModel
+        from diffusers import UNet2DModel  # pyright: ignore[reportPrivateImportUsage]
 
-        return cls(UNet2DModel.from_config(dict(config["unet"])), int(config["latent"]))
+        unet = cast(nn.Module, UNet2DModel.from_config(dict(config["unet"])))
+        return cls(unet, int(config["latent"]))
 
     def forward(
         self, y: torch.Tensor, model_time: torch.Tensor, cond: dict[str, torch.Tensor]
