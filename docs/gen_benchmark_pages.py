@@ -793,6 +793,7 @@ PAGES = [
     ),
 ]
 
+
 def _decomposition(r: Results) -> str:
     f = "decomposition.json"
     d = r.data[f]

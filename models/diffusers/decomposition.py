@@ -61,9 +61,9 @@ class LatentConditionedUNet(nn.Module):
     unconditional label); without one, or for an unconditional model, ``e_null = 0``.
     """
 
-    def __init__(self, unet: nn.Module, latent: int, null_class: int | None = None) -> None:
+    def __init__(self, unet: Any, latent: int, null_class: int | None = None) -> None:
         super().__init__()
-        cfg = getattr(unet, "config", None)
+        cfg: Any = getattr(unet, "config", None)  # a diffusers model's FrozenDict config
         if cfg is None or getattr(cfg, "_class_name", type(unet).__name__) != "UNet2DModel":
             raise FactorError(
                 f"a pretrained decomposition takes a diffusers UNet2DModel, got {type(unet).__name__}"
@@ -88,7 +88,7 @@ class LatentConditionedUNet(nn.Module):
         self.config: dict[str, Any] = {
             "kind": "diffusers_unet",
             "latent": int(latent),
-            "unet": {k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
+            "unet": {k: v for k, v in dict(cfg).items() if not k.startswith("_")},
         }
 
     @classmethod
