@@ -841,7 +841,8 @@ def _decomposition(r: Results) -> str:
 - Cost: {m("decomp x0", "reconstruction", "nfe_per_image", digits=0)} network evaluations and
   {m("decomp x0", "reconstruction", "seconds_per_image", digits=3)} s per reconstructed image (DDIM
   {r(f, "settings", "ddim_steps")} steps, `K` components in one batched call per step); Slot-VAE, one pass,
-  {m("slot-vae", "reconstruction", "seconds_per_image", digits=4)} s.  Training on 2 CPU cores:
+  {m("slot-vae", "reconstruction", "seconds_per_image", digits=4)} s.  Training wall time (two models at a time on
+  2 CPU cores, one thread each):
   {m("decomp x0", "train_seconds", digits=0)} s for Decomp Diffusion ({r(f, "settings", "steps")} steps of
   {r(f, "settings", "batch")} images), {m("slot-vae", "train_seconds", digits=0)} s for Slot-VAE
   ({r(f, "settings", "slot_steps")} steps).  The seed trains for about a GPU-day; these are small-budget runs.
