@@ -167,19 +167,16 @@ def _ari_fg(labels: dict, segments: torch.Tensor) -> float:
     return round(float(adjusted_rand_index(labels["masks"], segments, foreground=fg).mean()), 4)
 
 
-def _pairs(
-    owners_a: torch.Tensor, owners_b: torch.Tensor, labels: dict, k: int
-) -> list[tuple[int, int, int, int]]:
+def _pairs(owners: torch.Tensor, labels: dict, k: int) -> list[tuple[int, int, int, int]]:
     """Pairs ``(a, b, owner of A's first object, a component of B owning none of B's objects)``
-    over images ``(0, 1), (2, 3), ...``; ``owners_a`` and ``owners_b`` index the same images
-    (they differ where the segmentation of A and B depends on the pair, as Slot-VAE's)."""
+    over images ``(0, 1), (2, 3), ...`` (``owners`` ``(N, J)`` from :func:`_owners`)."""
     out = []
-    for a in range(0, owners_a.shape[0] - 1, 2):
+    for a in range(0, owners.shape[0] - 1, 2):
         b = a + 1
-        owned = {int(owners_b[b, j]) for j in range(int(labels["count"][b]))}
+        owned = {int(owners[b, j]) for j in range(int(labels["count"][b]))}
         spare = [c for c in range(k) if c not in owned]
         if spare:
-            out.append((a, b, int(owners_a[a, 0]), spare[0]))
+            out.append((a, b, int(owners[a, 0]), spare[0]))
     return out
 
 
@@ -211,7 +208,7 @@ def evaluate(model: Decomposition, x: torch.Tensor, labels: dict, steps: int) ->
     if model.components == 1:
         return out, images
     owners = _owners(attr, labels["masks"])
-    pairs = _pairs(owners, owners, labels, model.components)
+    pairs = _pairs(owners, labels, model.components)
     z = model.decompose(x)
     rows = torch.arange(len(pairs))
     za, zb = z[[a for a, *_ in pairs]], z[[b for _, b, *_ in pairs]]
@@ -241,7 +238,7 @@ def evaluate_slot_vae(model: SlotVAE, x: torch.Tensor, labels: dict) -> tuple[di
     with torch.no_grad():
         paired = model.encode(x[: 2 * half], slots_init=init)
     owners = _owners(paired["masks"], labels["masks"][: 2 * half])
-    pairs = _pairs(owners, owners, labels, model.num_slots)
+    pairs = _pairs(owners, labels, model.num_slots)
     z = paired["z"][[b for _, b, *_ in pairs]].clone()
     rows = torch.arange(len(pairs))
     z[rows, torch.tensor([s for *_, s in pairs])] = paired["z"][

@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 
 from probcomp.errors import DataError, ShapeError
 
-from .training import TrainResult, _quiet, _resume, _save_state
+from .training import TrainResult, _descend, _quiet, _resume, _save_state
 
 __all__ = ["SlotAttention", "SlotVAE", "fit_slot_vae", "gaussian_kl"]
 
@@ -695,11 +695,7 @@ def fit_slot_vae(
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DataError(f"fit_slot_vae: the training loss became {value} at step {step}; lower lr={lr}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        _descend(opt, loss, model, grad_clip)
         running += value
         count += 1
         if count == log_every or step == steps - 1:

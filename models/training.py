@@ -304,11 +304,7 @@ def train(
             loss = loss + lam * _coind_ci(model, y, mt, s.to(device), original, attributes, gen).mean()
         if not torch.isfinite(loss):
             raise DataError(f"training loss became {float(loss)} at step {step}; lower lr={lr}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        _descend(opt, loss, model, grad_clip)
         if ema > 0:
             with torch.no_grad():
                 for pe, pm in zip(ema_model.parameters(), model.parameters(), strict=True):
@@ -327,6 +323,15 @@ def train(
     result.wall_time += time.perf_counter() - t0
     model.eval()
     return result
+
+
+def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor, model: nn.Module, grad_clip: float) -> None:
+    """One optimiser step on ``loss``: clear, back-propagate, clip the gradient norm (0: no clip), step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
 
 
 def _save_state(
