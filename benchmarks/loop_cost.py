@@ -105,10 +105,14 @@ def _network(f: Any) -> Fn:
     return score_energy
 
 
-def reference_target(factors: list[Any], shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Fn, bool]:
-    """``(x, t) -> (score, log pi or None)`` on flat particles, and whether energies exist."""
+def reference_target(
+    factors: list[Any], shape: tuple[int, ...], dtype: torch.dtype, kernel: str = "hmc"
+) -> tuple[Fn, bool]:
+    """``(x, t) -> (score, log pi or None)`` on flat particles, and whether it gives ``log pi``:
+    where every factor has an energy and the kernel has a Metropolis test that uses it (as
+    the engine, which evaluates energies only when they are used)."""
     parts = [_mixture(f, dtype) if isinstance(f, GaussianMixture) else _network(f) for f in factors]
-    energy = all(isinstance(f, GaussianMixture) for f in factors)
+    energy = kernel in ("mala", "hmc") and all(isinstance(f, GaussianMixture) for f in factors)
 
     def target(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         y = x.reshape(x.shape[0], *shape)
@@ -116,7 +120,7 @@ def reference_target(factors: list[Any], shape: tuple[int, ...], dtype: torch.dt
         for part in parts:
             gk, ek = part(y, t)
             g = gk if g is None else g + gk
-            if ek is not None:
+            if energy and ek is not None:
                 lp = -ek if lp is None else lp - ek
         assert g is not None
         return g.reshape(x.shape[0], -1), lp
@@ -151,7 +155,9 @@ def reference_transition(kernel: str, target: Fn, energy: bool, adapt_to: float 
             g1, lp1 = target(x1, t)
             if kernel == "ula":
                 return x1, g1, lp1, p, log_c, None
-            log_q = -(x - x1 - eps * g1).square().sum(1) / (4 * eps) + z.square().sum(1) / 2
+            # x - x1 - eps g1 = -(eps (g + g1) + sqrt(2 eps) z), as the engine computes it
+            back = eps * (g + g1) + (2 * eps).sqrt() * z
+            log_q = -back.square().sum(1) / (4 * eps) + z.square().sum(1) / 2
             log_a = d_logp(x, x1, g, g1, lp, lp1, t) + log_q
             x, g, lp, p, log_a = select(log_a, (x1, g1, lp1, p, u), (x, g, lp, p), False)
         else:
@@ -180,7 +186,7 @@ class Reference:
 
     def __init__(self, engine: AnnealedMCMC, factors: list[Any], shape: tuple[int, ...]) -> None:
         self.engine, self.shape = engine, shape
-        target, energy = reference_target(factors, shape, engine.dtype)
+        target, energy = reference_target(factors, shape, engine.dtype, engine.kernel)
         goal = engine.target_accept if engine.adapt else None
         step = reference_transition(engine.kernel, target, energy, goal)
         # fresh code objects: each configuration gets a dynamo cache of its own (one shared cache

@@ -107,10 +107,12 @@ class LevelTransitions:
             state = moved
         else:
             state = state.moved(new, state.grad, state.log_p)
-        log_w_all = comm.gather(log_w, n_all) if resample else log_w.new_zeros(n_all)
+        if not resample:  # unweighted particles: the ESS is the population
+            return state, float(n_all), False
+        log_w_all = comm.gather(log_w, n_all)
         ess = smc.ess(log_w_all)
         due = resample == "always" or ess < self.ess_threshold * n_all
-        if resample and s > 0.0 and due:
+        if s > 0.0 and due:
             state = take_state(state, comm.ancestors(log_w_all, gen, self.resampling), comm)
             log_w.zero_()
             return state, ess, True

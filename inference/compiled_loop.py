@@ -201,6 +201,7 @@ class CompiledTarget(_Compiled):
         self.eager, self.energy = eager, eager.energy
         self.compiled, self.packer = eager.compiled, eager.packer
         self._fn: Callable[..., Any] | None = None
+        self._checked = False
         if not enabled:  # (the transitions' failure was reported)
             return
         try:
@@ -213,6 +214,8 @@ class CompiledTarget(_Compiled):
     def __call__(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._fn is None or self.failed is not None:
             return self.eager(x, t)
+        if not self._checked:
+            self._check(x, t)
         tt = torch.as_tensor(t, dtype=torch.float64, device=x.device)
         try:
             self.begin()
@@ -222,6 +225,18 @@ class CompiledTarget(_Compiled):
             return self.eager(x, t)
         _count(self.compiled, 1)
         return self.keep(g), self.keep(log_p)  # type: ignore[return-value]
+
+    def _check(self, x: torch.Tensor, t: float) -> None:
+        """One eager evaluation, uncounted, before the first compiled one: the scene's checks
+        (output shapes, energies present, errors that name the factor) run as on the eager
+        path; its values are discarded, so that every run evaluates the compiled way."""
+        nfe, calls = dict(self.compiled.nfe), self.compiled.calls
+        try:
+            self.eager(x, t)
+        finally:
+            self.compiled.nfe.update(nfe)
+            self.compiled.calls = calls
+        self._checked = True
 
 
 class CompiledLevels(_Compiled):
@@ -273,14 +288,15 @@ class CompiledLevels(_Compiled):
             us: tuple[torch.Tensor, ...],
             t: torch.Tensor,
             eps0: torch.Tensor,
-            log_c0: torch.Tensor,
-            log_c: torch.Tensor,
+            shift: torch.Tensor,
         ) -> tuple[Any, ...]:
             """``m`` transitions from ``(x, grad, log_p, momentum)``; the step size is
-            ``eps0 exp(log_c - log_c0)`` (exactly ``eps0`` until ``log c`` moves)."""
+            ``eps0 exp(shift)``, ``shift`` the change of ``log c`` since the level began (a
+            tensor of its own: passing the level's ``log c`` twice would alias two inputs,
+            and compile a second graph for it)."""
             state, accs = KernelState(x, grad, log_p, momentum), []
             for j in range(m):
-                eps = eps0 * torch.exp(log_c - log_c0) if adapt else eps0
+                eps = eps0 * torch.exp(shift) if adapt else eps0
                 state, info = kernel.step_with(  # (a plain function: step_with reads no `energy`)
                     state,
                     flat,  # pyright: ignore[reportArgumentType]
@@ -292,9 +308,9 @@ class CompiledLevels(_Compiled):
                 if info.accept_prob is not None:
                     accs.append(info.accept_prob)
                     if adapt:  # the engine's Robbins-Monro update of log c, in float64
-                        log_c = log_c + rate * (info.accept_prob.mean().double() - goal) * 10
+                        shift = shift + rate * (info.accept_prob.mean().double() - goal) * 10
             acc = torch.stack(accs) if accs else None
-            return state.x, state.grad, state.log_p, state.momentum, log_c, acc
+            return state.x, state.grad, state.log_p, state.momentum, shift, acc
 
         self._fn = self.compile(transitions, f"levels_{id(self):x}")
 
@@ -321,16 +337,14 @@ class CompiledLevels(_Compiled):
         def f64(v: float) -> torch.Tensor:
             return torch.tensor(v, dtype=torch.float64, device=x.device)
 
-        tt, eps0, log_c0 = f64(t), f64(step_size), f64(log_c)
-        lc, accs, cur = log_c0, [], (state.x, state.grad, state.log_p, state.momentum)
+        tt, eps0, shift = f64(t), f64(step_size), f64(0.0)
+        accs, cur = [], (state.x, state.grad, state.log_p, state.momentum)
         start = time.perf_counter()
         try:
             for j in range(0, self.k, m):
                 self.begin()
-                *cur, lc, acc = self._fn(
-                    *cur, tuple(zs[j : j + m]), tuple(us[j : j + m]), tt, eps0, log_c0, lc
-                )
-                cur = [self.keep(v) for v in cur]
+                *cur, shift, acc = self._fn(*cur, tuple(zs[j : j + m]), tuple(us[j : j + m]), tt, eps0, shift)
+                cur, shift = [self.keep(v) for v in cur], self.keep(shift)
                 if acc is not None:
                     accs.extend(self.keep(acc).unbind(0))  # type: ignore[union-attr]
         except Exception as e:  # not traceable: restore the draws, and the engine runs eagerly
@@ -343,7 +357,7 @@ class CompiledLevels(_Compiled):
             self.compile_time += time.perf_counter() - start
         _count(self.target.compiled, self.evaluations * (self.k // m))
         self.calls += 1
-        new_c = float(lc) if self.kernel.adjusted else log_c
+        new_c = log_c + float(shift) if self.kernel.adjusted else log_c
         x1, g1, log_p1, p1 = cur
         assert x1 is not None and g1 is not None and p1 is not None  # (only log_p may be None)
         return KernelState(x1, g1, log_p1, p1), accs, new_c

@@ -85,7 +85,9 @@ class MALA(ULA):
     ) -> torch.Tensor:
         """``log a`` of the proposal made with ``noise`` (module docstring)."""
         log_q_fwd = -(noise.square().sum(1)) / 2  # |x1 - x - eps g|^2 / (4 eps)
-        log_q_bwd = -(state.x - proposal.x - eps * proposal.grad).square().sum(1) / (4 * eps)
+        # x - x1 - eps g1 = -(eps (g + g1) + sqrt(2 eps) z): no cancellation of x
+        back = eps * (state.grad + proposal.grad) + root(2 * eps) * noise
+        log_q_bwd = -back.square().sum(1) / (4 * eps)
         d_logp = self.metropolis.log_ratio(target, t, state, proposal)  # type: ignore[arg-type]
         return d_logp + log_q_bwd - log_q_fwd
 
