@@ -16,8 +16,10 @@ Factor sets: the analytic 2-D ring x bar product (exact scores and energies), a 
 two 4-component Gaussian mixtures, the zoo's learned ``ring8`` x ``bar`` MLPs (scores only, so
 MALA and HMC use the 3-point score test) and the zoo's ``blob-empty`` U-Net (3x32x32, score only).
 Timings are medians of repeats after a warm-up run in one process (compile time, the first run's
-excess, is reported separately); NFE are the compiled scene's factor evaluations (one per factor
-per target evaluation).  Ratios are measured in the same process.
+excess, is reported separately); the compiled and reference loops run alternately (at least
+``--repeats`` pairs, for at least ``--budget`` seconds), and their ratio is the median of the
+pairs' ratios, so that a drift in the machine's speed hits both.  NFE are the compiled scene's
+factor evaluations (one per factor per target evaluation).
 
 Usage: ``python benchmarks/loop_cost.py [--quick] [--out FILE] [--threads 1]``.
 """
@@ -240,7 +242,7 @@ class Reference:
 
 # Timing ---------------------------------------------------------------------------------------
 def _time(run: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
-    """(first call's seconds, median of ``repeats`` further calls, last output)."""
+    """(first call's seconds, median of ``repeats`` further calls (none: the first's), last output)."""
     t0 = time.perf_counter()
     out = run()
     first = time.perf_counter() - t0
@@ -249,7 +251,23 @@ def _time(run: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
         t0 = time.perf_counter()
         out = run()
         times.append(time.perf_counter() - t0)
-    return first, statistics.median(times), out
+    return first, statistics.median(times) if times else first, out
+
+
+def _pairs(
+    a: Callable[[], Any], b: Callable[[], Any], repeats: int, budget: float
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``a`` and ``b`` run alternately (so that drifts of the machine's speed hit both),
+    at least ``repeats`` times and until ``budget`` seconds have passed."""
+    ta: list[float] = []
+    tb: list[float] = []
+    start = time.perf_counter()
+    while len(ta) < repeats or time.perf_counter() - start < budget:
+        for run, out in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - t0)
+    return ta, tb
 
 
 def measure(
@@ -285,10 +303,15 @@ def measure(
     }
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first_c, wall_c, res_c = _time(lambda: fast.run(compiled, n, seed=0), a.repeats)
+        first_c, _, res_c = _time(lambda: fast.run(compiled, n, seed=0), 0)
     row["fallback_warnings"] = [str(w.message) for w in caught if "could not be compiled" in str(w.message)]
     _, wall_e, res_e = _time(lambda: eager.run(compiled, n, seed=0), max(1, a.repeats - 1))
-    first_r, wall_r, (x_r, nfe_r) = _time(lambda: ref.run(n, 0), a.repeats)
+    first_r, _, (x_r, nfe_r) = _time(lambda: ref.run(n, 0), 0)
+    times_c, times_r = _pairs(
+        lambda: fast.run(compiled, n, seed=0), lambda: ref.run(n, 0), a.repeats, a.budget
+    )
+    wall_c, wall_r = statistics.median(times_c), statistics.median(times_r)
+    ratio = statistics.median(c / r for c, r in zip(times_c, times_r, strict=True))
     nfe = int(res_e.stats["nfe_total"])
     per = 1000.0 / nfe
     row.update(
@@ -298,7 +321,8 @@ def measure(
         seconds={"eager": wall_e, "compiled": wall_c, "reference": wall_r},
         seconds_per_1000_nfe={"eager": wall_e * per, "compiled": wall_c * per, "reference": wall_r * per},
         compile_seconds={"compiled": max(first_c - wall_c, 0.0), "reference": max(first_r - wall_r, 0.0)},
-        ratio_compiled_over_reference=wall_c / wall_r,
+        ratio_compiled_over_reference=ratio,  # the median of the alternating pairs' ratios
+        timed_pairs=len(times_c),
         ratio_eager_over_compiled=wall_e / wall_c,
         max_abs_diff_compiled_vs_eager=float((res_c["x"] - res_e["x"]).abs().max()),
         max_abs_diff_reference_vs_compiled=float((x_r.reshape(res_c["x"].shape) - res_c["x"]).abs().max()),
@@ -315,7 +339,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--levels", type=int, default=10)
     ap.add_argument("--steps", type=int, default=5, help="transitions per level")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs at least (the eager loop: one fewer)")
+    ap.add_argument(
+        "--budget", type=float, default=3.0, help="seconds of alternating compiled / reference runs, at least"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     sets = factor_sets()
@@ -333,7 +360,7 @@ def main() -> None:
         sets = {k: sets[k] for k in ("ring_bar_2d", "gauss_mixtures_64d")}
         counts = {k: (500,) for k in sets}
         kernels = {k: ("ula", "hmc") for k in sets}
-        a.levels, a.steps, a.repeats = 4, 3, 2
+        a.levels, a.steps, a.repeats, a.budget = 4, 3, 2, 0.0
         dropped = {"quick": "ring x bar and 64-D only, 500 particles, ula and hmc"}
     rows: list[dict[str, Any]] = []
     memo: dict[Any, Any] = {}
@@ -365,7 +392,7 @@ def main() -> None:
         "leapfrog_steps": LEAPFROG,
         "damping": DAMPING,
     }
-    settings.update(trapezoid_points=POINTS, repeats=a.repeats, quick=a.quick)
+    settings.update(trapezoid_points=POINTS, repeats=a.repeats, budget_seconds=a.budget, quick=a.quick)
     emit(
         {
             "benchmark": "loop_cost",

@@ -447,7 +447,7 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
                 compiled.target(packer.unpack(state.x), t0, energy=target.energy, check=True)
 
             comm.together(lambda: check_weights(log_w, where, find), f"in the weights {where}")
-        acc_level = torch.zeros(self.num_levels, n, dtype=self.dtype)
+        acc_level = torch.full((self.num_levels, n), math.nan, dtype=self.dtype)  # (NaN: no test)
         rec = LevelRecords("step_size", "accept", "ess", "nfe_per_level", "resampled")
         start = time.perf_counter()
         with torch.no_grad():
@@ -478,9 +478,12 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
 
                 comm.together(check, f"at level {i} (t={t:.4g})")
                 rec.add(step_size=self._eps(t, log_c, lv.sigma))
-                mean_acc = torch.stack(accs).mean(0) if accs else torch.full((n,), float("nan"))
-                acc_level[i] = mean_acc.to(acc_level.dtype).cpu()
-                rec.add(accept=float(comm.gather(mean_acc, n_all).mean()) if accs else float(mean_acc.mean()))
+                if accs:
+                    mean_acc = torch.stack(accs).mean(0)
+                    acc_level[i] = mean_acc.to(acc_level.dtype).cpu()
+                    rec.add(accept=float(comm.gather(mean_acc, n_all).mean()))
+                else:
+                    rec.add(accept=math.nan)
                 # the state at level t, after its MCMC transitions (this rank's particles)
                 self.notify(i, t, packer.unpack(state.x), step_size=rec["step_size"][-1])
                 state, ess, resampled = self._next_level(
