@@ -42,7 +42,10 @@ On ``--test`` held-out images of one fixed seed:
   from ``decomp x0`` less the one that owns none of its objects, with the background component of
   an image B from the global-data model, in one scene: the background colour against B's, and
   A's objects found (against B's background colour) within 3 px;
-* wall time and NFE per image.
+* wall time and NFE per image;
+* **longer training** (``--long-steps 4000 6000``) -- ``decomp x0`` trained further, each longer
+  run resuming from the shorter one's training state (the same run as one of that length),
+  scored as above: does decomposition improve with training on this budget?
 
 Run (about 90 min on 2 CPU cores; ``--cache DIR`` keeps resumable training states, so a rerun
 reuses them)::
@@ -57,6 +60,7 @@ reuses them)::
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -100,8 +104,11 @@ def _state(cache: str | None, name: str) -> Path | None:
     return Path(cache) / f"{name.replace(' ', '-').replace('(', '').replace(')', '')}.pt" if cache else None
 
 
-def fit(name: str, data: torch.Tensor, steps: int, batch: int, cache: str | None) -> Any:
-    """Train Decomp Diffusion model ``name`` of :data:`CONFIGS` from seed 0 (resumable in ``cache``)."""
+def fit(
+    name: str, data: torch.Tensor, steps: int, batch: int, cache: str | None, state: str | None = None
+) -> Any:
+    """Train Decomp Diffusion model ``name`` of :data:`CONFIGS` from seed 0 (resumable in ``cache``,
+    under the name ``state``, by default ``name``)."""
     cfg = CONFIGS[name]
     torch.manual_seed(0)
     model = Decomposition(
@@ -109,8 +116,31 @@ def fit(name: str, data: torch.Tensor, steps: int, batch: int, cache: str | None
     )
     recipe = {**TRAIN, **{k: cfg[k] for k in TRAIN if k in cfg}}
     return train(
-        model, data, steps=steps, batch=batch, progress=False, checkpoint=_state(cache, name), **recipe
+        model,
+        data,
+        steps=steps,
+        batch=batch,
+        progress=False,
+        checkpoint=_state(cache, state or name),
+        **recipe,
     )
+
+
+LONGER = "decomp x0 (longer)"
+
+
+def fit_longer(data: torch.Tensor, steps: list[int], batch: int, cache: str | None) -> dict[int, Any]:
+    """``decomp x0`` trained for each of ``steps`` (ascending); with ``cache``, each run starts from
+    the training state of the next shorter one (``decomp x0``'s own first)."""
+    out, before = {}, "decomp x0"
+    for n in sorted(steps):
+        name = f"decomp x0 ({n} steps)"
+        here, prev = _state(cache, name), _state(cache, before)
+        if here is not None and prev is not None and not here.exists() and prev.exists():
+            shutil.copyfile(prev, here)  # (a resumed run is the run of that length: state and RNG kept)
+        out[n] = fit("decomp x0", data, n, batch, cache, state=name)
+        before = name
+    return out
 
 
 def fit_slots(data: torch.Tensor, steps: int, batch: int, cache: str | None) -> Any:
@@ -420,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out")
     ap.add_argument("--figure", help="write the figure (PNG) here")
     ap.add_argument("--cache", help="a folder for resumable training states (a rerun resumes or reuses them)")
-    names = [*CONFIGS, "slot-vae", "pretrained denoiser"]
+    ap.add_argument(
+        "--long-steps", nargs="*", type=int, default=[], help="also train decomp x0 this long (the trend)"
+    )
+    names = [*CONFIGS, "slot-vae", "pretrained denoiser", LONGER]
     ap.add_argument("--only", nargs="+", choices=names, help="train (and evaluate) only these models")
     ap.add_argument("--save", help="write the trained 'decomp x0' model to this checkpoint stem (the zoo's)")
     args = ap.parse_args(argv)
@@ -434,6 +467,18 @@ def main(argv: list[str] | None = None) -> int:
     shown: dict[str, dict] = {}
     result: dict[str, Any] = {"models": rows}
     for name in args.only or names:
+        if name == LONGER:
+            if args.long_steps:
+                train_x = _data(n_train, 0, "blobs")[0]
+                for n, res in fit_longer(train_x, args.long_steps, args.batch, args.cache).items():
+                    scores, _ = evaluate(res.model, *test["blobs"], args.ddim_steps)
+                    rows[f"decomp x0 ({n} steps)"] = {
+                        "config": {**TRAIN, **CONFIGS["decomp x0"], "steps": n},
+                        "train_seconds": round(res.wall_time, 1),
+                        "final_loss": round(res.losses[-1], 5),
+                        **scores,
+                    }
+            continue
         if name == "pretrained denoiser":
             result["pretrained_denoiser"] = pretrained_variant(
                 args.pretrained_steps, 16, min(args.test, 32), args.ddim_steps, args.cache
@@ -486,11 +531,20 @@ def main(argv: list[str] | None = None) -> int:
         "command": (
             "python benchmarks/decomposition.py --out benchmarks/results/decomposition.json "
             "--figure benchmarks/results/decomposition.png"
+            + (f" --long-steps {' '.join(map(str, args.long_steps))}" if args.long_steps else "")
         ),
         "settings": {
             **{
                 k: getattr(args, k)
-                for k in ("steps", "slot_steps", "pretrained_steps", "batch", "test", "ddim_steps")
+                for k in (
+                    "steps",
+                    "slot_steps",
+                    "pretrained_steps",
+                    "long_steps",
+                    "batch",
+                    "test",
+                    "ddim_steps",
+                )
             },
             "data": str(DATA),
         },
