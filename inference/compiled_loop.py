@@ -24,10 +24,10 @@ What stays eager, and why:
   with the eager path to float tolerance (inductor may reorder a reduction or fuse a
   multiply-add), with the same accept / reject decisions.
 * **the counters and the checks.**  The target is evaluated without the compiled scene's
-  side effects (its NFE counters and first-call shape checks, which the eager initial state
-  has already run); the counts of each compiled call are added afterwards, so ``nfe`` and
-  ``calls`` are the eager path's.  The per-level finiteness checks and diagnostics, resampling
-  and distributed collectives stay in the engine.
+  side effects (its NFE counters and first-call shape checks: one uncounted eager evaluation
+  runs the checks before the first compiled one); the counts of each compiled call are added
+  afterwards, so ``nfe`` and ``calls`` are the eager path's.  The per-level finiteness checks
+  and diagnostics, resampling and distributed collectives stay in the engine.
 
 Only the built-in kernels (which implement ``step_with``) on scenes whose observations are all
 identities (no autograd pull-back inside the graph) are compiled; otherwise, or if tracing or
@@ -131,7 +131,7 @@ def flat_target(compiled: CompiledScene, packer: Packer, energy: bool) -> Flat:
                 gp = grads[p]
                 grads[p] = ws if gp is None else gp + ws
                 if log_p is not None:
-                    assert e is not None  # the eager initial state checked that energies exist
+                    assert e is not None  # the eager check before the first call found the energies
                     ek = e[k * n : (k + 1) * n] if len(group) > 1 else e
                     log_p = log_p - term.weight * ek
         out = {k: torch.zeros_like(xs[k]) if g is None else g for k, g in grads.items()}
