@@ -43,7 +43,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -344,7 +344,7 @@ class CompiledLevels(_Compiled):
             for j in range(0, self.k, m):
                 self.begin()
                 *cur, shift, acc = self._fn(*cur, tuple(zs[j : j + m]), tuple(us[j : j + m]), tt, eps0, shift)
-                cur, shift = [self.keep(v) for v in cur], self.keep(shift)
+                cur, shift = [self.keep(v) for v in cur], cast(torch.Tensor, self.keep(shift))
                 if acc is not None:
                     accs.extend(self.keep(acc).unbind(0))  # type: ignore[union-attr]
         except Exception as e:  # not traceable: restore the draws, and the engine runs eagerly
