@@ -155,3 +155,23 @@ def test_compile_options_and_modes():
     assert compile_mode(True, "cpu") == "default"
     assert compile_mode("auto", "cuda") == "reduce-overhead"
     assert compile_mode("max-autotune", "cpu") == "max-autotune"
+
+
+class _WrongShape(pc.factors.ScoreFactor):
+    """A factor whose score has the wrong shape (one number per particle)."""
+
+    def __init__(self) -> None:
+        self.inner = Gaussian([0.0, 0.0], [0.5, 1.0])
+        super().__init__(self.inner.event_shape, self.inner.schedule, "wrong-shape")
+
+    def score(self, y, t):
+        return self.inner.score(y, t).sum(-1)
+
+
+def test_the_compiled_path_keeps_the_scenes_first_call_checks():
+    """The compiled target's first call is preceded by one eager evaluation, so a bad factor is
+    named as on the eager path (not a shape error from inside a graph)."""
+    from probcomp.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="factor 'wrong-shape'.*a score has the shape of its input"):
+        AnnealedMCMC("ula", STEPS, LEVELS, compile="auto").run(_scene(_WrongShape()), N, seed=0)
