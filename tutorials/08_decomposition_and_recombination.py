@@ -15,10 +15,11 @@
 # accept, so components of one image reconstruct it and components of two images recombine.
 #
 # The zoo's `decomp-blobs` has `K = 4` latents of 16 numbers, predicts `x0` and averages its
-# components (the seed's best configuration); it was trained on 2 CPU cores, on scenes of 2-3
-# blobs, by `benchmarks/decomposition.py`.  That benchmark also measures what is shown here,
-# against Slot-VAE (`probcomp.models.SlotVAE`) and the ablations; the seed trains for about a
-# GPU-day, so read the pictures as those of a small-budget model.
+# components (the seed's best configuration); it was trained for 8000 steps on one CPU core
+# (about 90 minutes), on scenes of 2-3 blobs, by `benchmarks/decomposition.py`.  That benchmark
+# also measures what is shown here, against Slot-VAE (`probcomp.models.SlotVAE`) and the
+# ablations, and how the scores grow with training: the components only start to separate the
+# objects after a few thousand steps.
 
 # %%
 import os
