@@ -43,7 +43,7 @@ On ``--test`` held-out images of one fixed seed:
   an image B from the global-data model, in one scene: the background colour against B's, and
   A's objects found (against B's background colour) within 3 px;
 * wall time and NFE per image;
-* **longer training** (``--long-steps 4000 6000``) -- ``decomp x0`` trained further, each longer
+* **longer training** (``--long-steps 2000 6000 8000``) -- ``decomp x0`` trained to each length, each longer
   run resuming from the shorter one's training state (the same run as one of that length),
   scored as above: does decomposition improve with training on this budget?
 
@@ -438,6 +438,16 @@ def figure(path: str, x: torch.Tensor, shown: dict[str, dict]) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _row(config: dict[str, Any], res: Any, scores: dict[str, Any]) -> dict[str, Any]:
+    """One model's row: its settings, training wall time and final loss, and its scores."""
+    return {
+        "config": config,
+        "train_seconds": round(res.wall_time, 1),
+        "final_loss": round(res.losses[-1], 5),
+        **scores,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4000, help="Decomp Diffusion training steps")
@@ -480,12 +490,8 @@ def main(argv: list[str] | None = None) -> int:
                     decomp_x0[n] = res.model
                     if n == max(longer):
                         shown[f"decomp x0, {n} steps"] = images
-                    rows[f"decomp x0 ({n} steps)"] = {
-                        "config": {**TRAIN, **CONFIGS["decomp x0"], "steps": n},
-                        "train_seconds": round(res.wall_time, 1),
-                        "final_loss": round(res.losses[-1], 5),
-                        **scores,
-                    }
+                    config = {**TRAIN, **CONFIGS["decomp x0"], "steps": n}
+                    rows[f"decomp x0 ({n} steps)"] = _row(config, res, scores)
             continue
         if name == "pretrained denoiser":
             result["pretrained_denoiser"] = pretrained_variant(
@@ -507,12 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             decomp_x0[args.steps] = res.model
         if kind == "blobs":
             shown[name] = images
-        rows[name] = {
-            "config": config,
-            "train_seconds": round(res.wall_time, 1),
-            "final_loss": round(res.losses[-1], 5),
-            **scores,
-        }
+        rows[name] = _row(config, res, scores)
         print(name, rows[name], file=sys.stderr)
     if args.save and decomp_x0 and not args.quick:
         steps = max(decomp_x0)

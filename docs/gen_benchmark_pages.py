@@ -895,7 +895,7 @@ def _longest_claim(d: dict[str, Any]) -> str:
     key = next((k for k in d["claims"] if k.startswith("the longest run")), None)
     if key is None:
         return ""
-    return f"  The claim that {key.split(' (recall')[0]} (recall >= 0.8) {'holds' if d['claims'][key] else 'does not hold'}."
+    return f'  The claim "{key}" {"holds" if d["claims"][key] else "does not hold"}.'
 
 
 PAGES += [
