@@ -680,7 +680,7 @@ def fit_slot_vae(
     path = Path(checkpoint) if checkpoint is not None else None
     start_step = 0
     if path is not None and path.exists():  # the model doubles as the "EMA" of the shared state format
-        start_step = _resume(path, model, model, opt, gen, result)
+        start_step = _resume(path, model, model, opt, gen, result, steps)
     model.train()
     t0 = time.perf_counter()
     running, count = 0.0, 0

@@ -266,7 +266,7 @@ def train(
     start_step = 0
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
-        start_step = _resume(path, model, ema_model, opt, gen, result)
+        start_step = _resume(path, model, ema_model, opt, gen, result, steps)
     model.train()
     t0 = time.perf_counter()
     running, count = 0.0, 0
@@ -352,7 +352,9 @@ def _save_state(
     tmp.replace(path)
 
 
-def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult) -> int:
+def _resume(
+    path: Path, model, ema_model, opt, gen, result: TrainResult, steps: int | None = None
+) -> int:
     # weights_only=True: only tensors and plain containers are read, so no code runs; a file
     # holding anything else is refused (never retried with weights_only=False, which would run it)
     who = f"cannot resume from training checkpoint {str(path)!r}"
@@ -372,6 +374,11 @@ def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult) -> int:
     missing = {"step", "model", "ema", "opt", "rng", "losses"} - set(state if isinstance(state, dict) else ())
     if missing:
         raise DataError(f"{who}: it is not a probcomp training state (lacks {sorted(missing)})")
+    if steps is not None and int(state["step"]) > steps:  # a longer run cannot be cut back to this one
+        raise DataError(
+            f"{who}: it is at step {int(state['step'])}, past the {steps} steps asked for; a shorter run "
+            "cannot be read from it (ask for at least that many steps, or give a new checkpoint path)"
+        )
     try:
         model.load_state_dict(state["model"])
         ema_model.load_state_dict(state["ema"])

@@ -48,6 +48,9 @@ def test_training_is_deterministic_and_resumable(tmp_path):
     for pa, pc_ in zip(a.model.state_dict().values(), c.model.state_dict().values(), strict=True):
         assert torch.equal(pa, pc_)
     assert c.losses == a.losses
+    # a state at step 40 is not a 30-step run: asking for fewer steps than it holds is refused
+    with pytest.raises(pc.DataError, match=r"state\.pt.*at step 40, past the 30 steps"):
+        train(_tiny(), _gauss_data, steps=30, batch=64, seed=3, checkpoint=ck)
 
 
 @pytest.mark.parametrize("form", ["norm", "residual"])

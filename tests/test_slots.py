@@ -269,6 +269,8 @@ def test_resuming_from_a_checkpoint_equals_one_run(tmp_path):
     assert resumed.losses == once.losses
     s1, s2 = once.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+    with pytest.raises(DataError, match=r"slot_vae\.pt.*at step 20, past the 15 steps"):
+        fit_slot_vae(tiny(), data, steps=15, **common)  # a longer run is not a shorter one
 
 
 @pytest.mark.parametrize("warmup", [0, 10])
