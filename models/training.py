@@ -352,9 +352,7 @@ def _save_state(
     tmp.replace(path)
 
 
-def _resume(
-    path: Path, model, ema_model, opt, gen, result: TrainResult, steps: int | None = None
-) -> int:
+def _resume(path: Path, model, ema_model, opt, gen, result: TrainResult, steps: int | None = None) -> int:
     # weights_only=True: only tensors and plain containers are read, so no code runs; a file
     # holding anything else is refused (never retried with weights_only=False, which would run it)
     who = f"cannot resume from training checkpoint {str(path)!r}"
