@@ -865,7 +865,7 @@ def _decomposition(r: Results) -> str:
 
 
 def _decomposition_trend(d: dict[str, Any]) -> str:
-    """The ``--long-steps`` rows: ``decomp x0``'s scores against its training steps."""
+    """The ``--trend-steps`` rows: ``decomp x0``'s scores against its training steps."""
     runs = {d["settings"]["steps"]: d["models"]["decomp x0"]}
     for name, row in d["models"].items():
         if name.startswith("decomp x0 (") and name.endswith(" steps)"):
@@ -883,9 +883,8 @@ def _decomposition_trend(d: dict[str, Any]) -> str:
             vals.append(f"{v:.{digits}f}")
         return " / ".join(vals)
 
-    return f"""- **Longer training** of `decomp x0` (each longer run resumes the shorter one's training
-  state), at {" / ".join(map(str, steps))} steps: reconstruction MSE {series("reconstruction", "mse", digits=4)},
-  objects found {series("reconstruction", "recall", digits=2)} (precision
+    return f"""- **Against training steps**, `decomp x0` (one run, scored along the way), at
+  {" / ".join(map(str, steps))} steps: reconstruction MSE {series("reconstruction", "mse", digits=4)}, objects found {series("reconstruction", "recall", digits=2)} (precision
   {series("reconstruction", "precision", digits=2)}), recombination recall
   {series("recombination", "recall", digits=2)}, ARI-FG {series("segmentation_ari_fg", digits=3)}.{_longest_claim(d)}
 """
@@ -908,7 +907,7 @@ PAGES += [
         "seed 0 and scored on the same 64 held-out images.  Walkthrough: tutorial 8.",
         {
             "decomposition.json": "python benchmarks/decomposition.py --out benchmarks/results/decomposition.json "
-            "--figure benchmarks/results/decomposition.png --long-steps 2000 6000 8000"
+            "--figure benchmarks/results/decomposition.png --trend-steps 2000 4000 6000"
         },
         _decomposition,
         figures=["decomposition.png"],

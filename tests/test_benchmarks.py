@@ -250,10 +250,12 @@ def test_the_frontier_names_the_configurations_the_defaults_run():
 @pytest.mark.slow
 def test_decomposition_benchmark_quick():
     """Every model, score and recombination of the Decomp Diffusion / Slot-VAE benchmark runs."""
-    data = _quick("decomposition.py", "--quick")
+    data = _quick("decomposition.py", "--quick", "--trend-steps", "2")
     assert set(data["models"]) == {
-        "decomp x0", "single component", "decomp eps", "decomp x0 (global data)", "slot-vae"
+        "decomp x0", "decomp x0 (2 steps)", "single component", "decomp eps", "decomp x0 (global data)",
+        "slot-vae",
     }  # fmt: skip
+    assert data["models"]["decomp x0 (2 steps)"]["config"]["steps"] == 2  # the trend: one run, scored early
     for name, row in data["models"].items():
         assert 0 <= row["reconstruction"]["recall"] <= 1, name
         assert -1 <= row["segmentation_ari_fg"] <= 1, name
