@@ -423,30 +423,31 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             gen, seed = self.generator(seed)
         n_all = num_samples
         _, n = comm.shard(n_all)
-        x = packer.pack(compiled.noise(n, gen, dtype=self.dtype, device=self.device))
-        # (level_target: the compiled target on the fast path, so every run evaluates the same way)
-        state = kernel.init(x, level_target, float(self.ts[0]), gen)
-        log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
-        log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
-        if resample:  # start from a Gaussian matched to pi_{t_0}, weighted to it
-            t0 = float(self.ts[0])
-            precision = smc.matched_precision(comm.gather(x, n_all), comm.gather(state.grad, n_all))
-            x = x / precision.sqrt().to(x.dtype)
-            state = state.moved(x, *level_target(x, t0))
-            log_w += smc.initial_log_weight(
-                lambda v: level_target(v, t0)[0],
-                state.x,
-                state.grad,
-                state.log_p if by_energy else None,
-                self.trapezoid_points,
-                precision,
-            )
-            where = f"at the first level t={t0:.4g}"
+        with torch.no_grad():  # (as the levels: the compiled target keeps one graph)
+            x = packer.pack(compiled.noise(n, gen, dtype=self.dtype, device=self.device))
+            # (level_target: the compiled target on the fast path, so every run evaluates the same way)
+            state = kernel.init(x, level_target, float(self.ts[0]), gen)
+            log_c = math.log(self.step_size) if not callable(self.step_size) else 0.0
+            log_w = torch.zeros(n, dtype=torch.float64, device=self.device)
+            if resample:  # start from a Gaussian matched to pi_{t_0}, weighted to it
+                t0 = float(self.ts[0])
+                precision = smc.matched_precision(comm.gather(x, n_all), comm.gather(state.grad, n_all))
+                x = x / precision.sqrt().to(x.dtype)
+                state = state.moved(x, *level_target(x, t0))
+                log_w += smc.initial_log_weight(
+                    lambda v: level_target(v, t0)[0],
+                    state.x,
+                    state.grad,
+                    state.log_p if by_energy else None,
+                    self.trapezoid_points,
+                    precision,
+                )
+                where = f"at the first level t={t0:.4g}"
 
-            def find() -> None:  # names a factor that is not finite at the first draws
-                compiled.target(packer.unpack(state.x), t0, energy=target.energy, check=True)
+                def find() -> None:  # names a factor that is not finite at the first draws
+                    compiled.target(packer.unpack(state.x), t0, energy=target.energy, check=True)
 
-            comm.together(lambda: check_weights(log_w, where, find), f"in the weights {where}")
+                comm.together(lambda: check_weights(log_w, where, find), f"in the weights {where}")
         acc_level = torch.full((self.num_levels, n), math.nan, dtype=self.dtype)  # (NaN: no test)
         rec = LevelRecords("step_size", "accept", "ess", "nfe_per_level", "resampled")
         start = time.perf_counter()
@@ -454,23 +455,33 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
             for lv in self.levels(f"annealed {self.kernel}"):
                 i, t = lv.i, lv.t
                 nfe0 = compiled.nfe_total
-                accs, x_start = [], state.x
+                x_start, mean_acc, top = state.x, None, None
                 out = fast.level(state, t, self._eps(t, log_c, lv.sigma), log_c, gen) if fast else None
                 if out is not None:
-                    state, accs, log_c = out
-                for _ in range(self.k if out is None else 0):
-                    state, info = kernel.step(state, target, t, self._eps(t, log_c, lv.sigma), gen)
-                    if info.accept_prob is not None:
-                        accs.append(info.accept_prob)
-                        if self.adapt:  # the acceptance of the whole population
-                            accept = float(comm.gather(info.accept_prob, n_all).mean())
-                            log_c += self.adapt_rate * (accept - self.target_accept) * 10
+                    state, mean_acc, log_c, top = out
+                else:
+                    accs = []
+                    for _ in range(self.k):
+                        state, info = kernel.step(state, target, t, self._eps(t, log_c, lv.sigma), gen)
+                        if info.accept_prob is not None:
+                            accs.append(info.accept_prob)
+                            if self.adapt:  # the acceptance of the whole population
+                                accept = float(comm.gather(info.accept_prob, n_all).mean())
+                                log_c += self.adapt_rate * (accept - self.target_accept) * 10
+                    mean_acc = torch.stack(accs).mean(0) if accs else None
 
                 def check(
-                    state: KernelState = state, x_start: torch.Tensor = x_start, t: float = t, lv: Any = lv
+                    state: KernelState = state,
+                    x_start: torch.Tensor = x_start,
+                    t: float = t,
+                    lv: Any = lv,
+                    top: torch.Tensor | None = top,
                 ) -> None:
-                    # one sync: the largest |x| and |score| (NaN if any is NaN)
-                    top_x, top_g = torch.stack([state.x.abs().amax(), state.grad.abs().amax()]).tolist()
+                    # one sync: the largest |x| and |score| (NaN if any is NaN; the compiled
+                    # transitions compute them)
+                    if top is None:
+                        top = torch.stack([state.x.abs().amax(), state.grad.abs().amax()])
+                    top_x, top_g = top.tolist()
                     if not (math.isfinite(top_x) and math.isfinite(top_g)):
                         compiled.diagnose(packer.unpack(x_start), t, f"in the MCMC moves at t={t:.4g}")
                     if self.max_abs is not None and top_x > self.max_abs:
@@ -478,14 +489,13 @@ class AnnealedMCMC(LevelTransitions, DiffusionEngine):
 
                 comm.together(check, f"at level {i} (t={t:.4g})")
                 rec.add(step_size=self._eps(t, log_c, lv.sigma))
-                if accs:
-                    mean_acc = torch.stack(accs).mean(0)
+                if mean_acc is not None:
                     acc_level[i] = mean_acc.to(acc_level.dtype).cpu()
                     rec.add(accept=float(comm.gather(mean_acc, n_all).mean()))
                 else:
                     rec.add(accept=math.nan)
-                # the state at level t, after its MCMC transitions (this rank's particles)
-                self.notify(i, t, packer.unpack(state.x), step_size=rec["step_size"][-1])
+                if self.callback is not None:  # the state at level t, after its MCMC moves (this rank's)
+                    self.notify(i, t, packer.unpack(state.x), step_size=rec["step_size"][-1])
                 state, ess, resampled = self._next_level(
                     compiled, packer, level_target, state, log_w, lv, gen, comm, n_all, resample
                 )

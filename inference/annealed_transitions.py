@@ -12,6 +12,7 @@ with the forward noising as ``B``; without a move, the annealed-importance ratio
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -85,16 +86,29 @@ class LevelTransitions:
         before resampling, and whether the particles were resampled."""
         t, s = lv.t, lv.next_t
         step = lv.reverse_step(1.0)
-        new = step(state.x, state.grad, gen) if self.reverse_step or s == 0.0 else state.x
+        # the compiled target takes the step and evaluates the new positions in one call
+        after_step = getattr(target, "after_step", None)
+        fused = (
+            after_step(step, state.x, state.grad, s, gen)
+            if after_step and s > 0.0 and self.reverse_step
+            else None
+        )
+        if fused is not None:
+            new, g_new, logp_new, top = fused
+        else:
+            new = step(state.x, state.grad, gen) if self.reverse_step or s == 0.0 else state.x
+            top = None
 
         def check() -> None:
-            if not bool(torch.isfinite(new).all()):
+            finite = bool(torch.isfinite(new).all()) if top is None else math.isfinite(top.item())
+            if not finite:
                 compiled.diagnose(packer.unpack(state.x), t, f"in the step from level t={t:.4g}")
 
         if new is not state.x:  # (an unmoved state was checked after its MCMC moves)
             comm.together(check, f"in the step from level t={t:.4g}")
         if s > 0.0:
-            g_new, logp_new = target(new, s)
+            if fused is None:
+                g_new, logp_new = target(new, s)
             moved = state.moved(new, g_new, logp_new)
             if resample:
                 log_w += self._increment(compiled, packer, target, step, state, moved, t, s)

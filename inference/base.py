@@ -197,7 +197,9 @@ class Engine:
             self.callback(LevelInfo(self.name, i, t, x, values))
 
     def bar(self, n: int, desc: str) -> Iterator[int]:
-        return iter(tqdm(range(n), desc=desc, disable=not self.progress, leave=False))
+        if not self.progress:  # (a disabled tqdm bar still costs its construction, every run)
+            return iter(range(n))
+        return iter(tqdm(range(n), desc=desc, leave=False))
 
     def run(self, scene: Any, num_samples: int = 1000, *, seed: Any = 0, num_chains: int = 1) -> Any:
         raise NotImplementedError

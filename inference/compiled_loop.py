@@ -52,17 +52,25 @@ from probcomp.errors import ScheduleError, first_line
 
 from .kernels import HMC, MALA, UHMC, ULA, Kernel, KernelState, ScoreLineTest
 from .kernels.base import FlatTarget
-from .steps import Packer
+from .steps import Packer, ReverseStep, ddim_step
 
-__all__ = ["COMPILE_MODES", "CompiledLevels", "CompiledTarget", "check_compile", "compile_mode", "fast_path"]
+__all__ = [
+    "COMPILE_MODES",
+    "CompiledLevels",
+    "CompiledTarget",
+    "check_compile",
+    "compile_mode",
+    "fast_path",
+    "transitions_per_call",
+]
 
 #: ``torch.compile`` modes accepted by name as the ``compile`` option
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _BUILT_IN = (ULA, MALA, UHMC, HMC)
-#: transitions per compiled call (``None``: a level's ``k`` in one graph).  One keeps the graph
-#: (and the compile time, which grows with the graph) that of a single transition, at the cost
-#: of ``k`` calls per level instead of one: see ``benchmarks/loop_cost.py``.
-TRANSITIONS_PER_CALL: int | None = 1
+#: transitions per compiled call: ``None`` compiles a level's ``k`` transitions as one graph, an
+#: integer ``m`` runs them as ``k / m`` calls of a graph of ``m``; ``"auto"``:
+#: :func:`transitions_per_call`.
+TRANSITIONS_PER_CALL: int | str | None = "auto"
 
 Flat = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -154,6 +162,18 @@ def _evaluations_per_step(kernel: Kernel) -> int:
     return moves + (test.points - 2 if isinstance(test, ScoreLineTest) else 0)
 
 
+def transitions_per_call(compiled: CompiledScene) -> int | None:
+    """A whole level per compiled call (``None``) where every factor is given by a formula, one
+    transition per call where a factor is a learned network.
+
+    Each call of a compiled function has a fixed cost (guards, wrappers; about 30 µs on a CPU),
+    which dominates a level of cheap analytic factors at a few hundred particles.  A graph grows
+    with the transitions unrolled in it, and so does its compile time: seconds for formulas,
+    minutes for a network unrolled ``k`` times, whose evaluations dwarf the calls' cost anyway
+    (``benchmarks/loop_cost.py``)."""
+    return 1 if any(term.factor.learned for term in compiled.terms) else None
+
+
 class _Compiled:
     """A compiled function with eager fallback: warns once and disables itself on failure."""
 
@@ -201,15 +221,29 @@ class CompiledTarget(_Compiled):
         self.eager, self.energy = eager, eager.energy
         self.compiled, self.packer = eager.compiled, eager.packer
         self._fn: Callable[..., Any] | None = None
+        self._stepped: Callable[..., Any] | None = None
         self._checked = False
         if not enabled:  # (the transitions' failure was reported)
             return
         try:
-            self._fn = self.compile(
-                flat_target(eager.compiled, eager.packer, eager.energy), f"target_{id(self):x}"
-            )
+            flat = flat_target(eager.compiled, eager.packer, eager.energy)
         except _Unsupported as e:
             self.fail(str(e))
+            return
+
+        def stepped(
+            x: torch.Tensor, g: torch.Tensor, z: torch.Tensor, coef: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+            """The DDPM step from ``x`` (score ``g``, noise ``z``) with ``coef`` = ``(alpha_t,
+            sigma_t, alpha_s, keep, c, s)``, the target at the new positions and their largest
+            ``|x|`` (NaN if any is NaN), in one graph."""
+            a_t, s_t, a_s, keep, c, s = coef.unbind()
+            new = ddim_step(x, g, a_t, s_t, a_s, keep) + c * z
+            g1, log_p1 = flat(new, s)
+            return new, g1, log_p1, new.abs().amax()
+
+        self._fn = self.compile(flat, f"target_{id(self):x}")
+        self._stepped = self.compile(stepped, f"stepped_{id(self):x}")
 
     def __call__(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._fn is None or self.failed is not None:
@@ -225,6 +259,37 @@ class CompiledTarget(_Compiled):
             return self.eager(x, t)
         _count(self.compiled, 1)
         return self.keep(g), self.keep(log_p)  # type: ignore[return-value]
+
+    def after_step(
+        self, step: ReverseStep, x: torch.Tensor, g: torch.Tensor, s: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
+        """``step(x, g)`` (noise drawn from ``generator`` as :class:`ReverseStep` draws it) and
+        the target at the new positions at level ``s``, in one compiled call: ``(x_s, grad,
+        log_p, max |x_s|)``; ``None`` where the step clips or the target runs eagerly."""
+        if self._stepped is None or self.failed is not None or step.clip is not None or not self._checked:
+            return None
+        c = step.noise
+        z = (
+            torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            if c > 0
+            else x.new_zeros(())
+        )
+        coef = torch.tensor([*step.coefficients(), s], dtype=torch.float64, device=x.device)
+        try:
+            self.begin()
+            new, g1, log_p, top = self._stepped(x, g, z, coef)
+        except Exception as e:  # (the noise is drawn: the fallback continues from here, eagerly)
+            self.fail(e)
+            new = step.mean(x, g) + c * z if c > 0 else step.mean(x, g)
+            g1, log_p = self.eager(new, s)
+            return new, g1, log_p, new.abs().amax()
+        _count(self.compiled, 1)
+        return (
+            cast(torch.Tensor, self.keep(new)),
+            cast(torch.Tensor, self.keep(g1)),
+            self.keep(log_p),
+            cast(torch.Tensor, self.keep(top)),
+        )
 
     def _check(self, x: torch.Tensor, t: float) -> None:
         """One eager evaluation, uncounted, before the first compiled one: the scene's checks
@@ -289,12 +354,15 @@ class CompiledLevels(_Compiled):
             t: torch.Tensor,
             eps0: torch.Tensor,
             shift: torch.Tensor,
+            accepted: torch.Tensor,
         ) -> tuple[Any, ...]:
             """``m`` transitions from ``(x, grad, log_p, momentum)``; the step size is
             ``eps0 exp(shift)``, ``shift`` the change of ``log c`` since the level began (a
             tensor of its own: passing the level's ``log c`` twice would alias two inputs,
-            and compile a second graph for it)."""
-            state, accs = KernelState(x, grad, log_p, momentum), []
+            and compile a second graph for it).  ``accepted`` sums each particle's acceptance
+            probabilities over the level; ``top`` holds the largest ``|x|`` and ``|grad|``
+            (NaN if any is NaN) for the engine's checks, computed here to save their dispatch."""
+            state = KernelState(x, grad, log_p, momentum)
             for j in range(m):
                 eps = eps0 * torch.exp(shift) if adapt else eps0
                 state, info = kernel.step_with(  # (a plain function: step_with reads no `energy`)
@@ -306,11 +374,11 @@ class CompiledLevels(_Compiled):
                     us[j] if adjusted else None,
                 )
                 if info.accept_prob is not None:
-                    accs.append(info.accept_prob)
+                    accepted = accepted + info.accept_prob
                     if adapt:  # the engine's Robbins-Monro update of log c, in float64
                         shift = shift + rate * (info.accept_prob.mean().double() - goal) * 10
-            acc = torch.stack(accs) if accs else None
-            return state.x, state.grad, state.log_p, state.momentum, shift, acc
+            top = torch.stack([state.x.abs().amax(), state.grad.abs().amax()])
+            return state.x, state.grad, state.log_p, state.momentum, shift, accepted, top
 
         self._fn = self.compile(transitions, f"levels_{id(self):x}")
 
@@ -320,9 +388,11 @@ class CompiledLevels(_Compiled):
 
     def level(
         self, state: KernelState, t: float, step_size: float, log_c: float, generator: torch.Generator
-    ) -> tuple[KernelState, list[torch.Tensor], float] | None:
+    ) -> tuple[KernelState, torch.Tensor | None, float, torch.Tensor] | None:
         """The level's transitions from ``state`` at ``t``, starting at ``step_size`` (the eager
-        loop's ``eps`` for ``log_c``); ``None`` when the engine must run them eagerly."""
+        loop's ``eps`` for ``log_c``): the new state, each particle's mean acceptance probability
+        (``None`` without a Metropolis test), the new ``log c`` and the largest ``|x|`` and
+        ``|grad|`` of the new state; ``None`` when the engine must run them eagerly."""
         if not self.available:
             return None
         assert self._fn is not None
@@ -338,15 +408,18 @@ class CompiledLevels(_Compiled):
             return torch.tensor(v, dtype=torch.float64, device=x.device)
 
         tt, eps0, shift = f64(t), f64(step_size), f64(0.0)
-        accs, cur = [], (state.x, state.grad, state.log_p, state.momentum)
+        accepted = x.new_zeros(x.shape[0])
+        cur = (state.x, state.grad, state.log_p, state.momentum)
+        top = None
         start = time.perf_counter()
         try:
             for j in range(0, self.k, m):
                 self.begin()
-                *cur, shift, acc = self._fn(*cur, tuple(zs[j : j + m]), tuple(us[j : j + m]), tt, eps0, shift)
-                cur, shift = [self.keep(v) for v in cur], cast(torch.Tensor, self.keep(shift))
-                if acc is not None:
-                    accs.extend(self.keep(acc).unbind(0))  # type: ignore[union-attr]
+                *cur, shift, accepted, top = self._fn(
+                    *cur, tuple(zs[j : j + m]), tuple(us[j : j + m]), tt, eps0, shift, accepted
+                )
+                cur = [self.keep(v) for v in cur]
+                shift, accepted, top = (cast(torch.Tensor, self.keep(v)) for v in (shift, accepted, top))
         except Exception as e:  # not traceable: restore the draws, and the engine runs eagerly
             if saved is None:
                 raise
@@ -359,8 +432,9 @@ class CompiledLevels(_Compiled):
         self.calls += 1
         new_c = log_c + float(shift) if self.kernel.adjusted else log_c
         x1, g1, log_p1, p1 = cur
-        assert x1 is not None and g1 is not None and p1 is not None  # (only log_p may be None)
-        return KernelState(x1, g1, log_p1, p1), accs, new_c
+        assert x1 is not None and g1 is not None and p1 is not None and top is not None
+        accept = accepted / self.k if self.kernel.adjusted else None
+        return KernelState(x1, g1, log_p1, p1), accept, new_c, top
 
 
 def fast_path(
@@ -391,7 +465,11 @@ def fast_path(
         target_accept=target_accept,
         option=option,
         device=device,
-        per_call=TRANSITIONS_PER_CALL,
+        per_call=(
+            transitions_per_call(target.compiled)
+            if TRANSITIONS_PER_CALL == "auto"
+            else cast("int | None", TRANSITIONS_PER_CALL)
+        ),
     )
     flat = CompiledTarget(target, option, device, enabled=levels.available)
     flat.warned = levels.warned

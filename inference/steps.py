@@ -18,7 +18,9 @@ import torch
 
 from probcomp.errors import ScheduleError
 
-__all__ = ["Packer", "ReverseStep", "check_clip"]
+__all__ = ["Packer", "ReverseStep", "check_clip", "ddim_step"]
+
+Num = float | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,21 @@ class ReverseStep:
         x0 = (x + self.s_t**2 * g) / self.a_t
         return x0 if self.clip is None else x0.clamp(*self.clip)
 
+    @property
+    def keep(self) -> float:
+        """``sqrt(sigma_s^2 - c^2)``: the share of the predicted noise the step keeps."""
+        return max(self.s_s**2 - self.noise**2, 0.0) ** 0.5
+
+    def coefficients(self) -> tuple[float, float, float, float, float]:
+        """``(alpha_t, sigma_t, alpha_s, keep, c)``, the numbers of :func:`ddim_step` (no clip)."""
+        return self.a_t, self.s_t, self.a_s, self.keep, self.noise
+
     def mean(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """The deterministic part ``alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat``."""
-        keep = max(self.s_s**2 - self.noise**2, 0.0) ** 0.5
-        x0 = self.x0(x, g)
         if self.clip is None:
-            return self.a_s * x0 - keep * self.s_t * g
-        return self.a_s * x0 + keep * (x - self.a_t * x0) / self.s_t
+            return ddim_step(x, g, self.a_t, self.s_t, self.a_s, self.keep)
+        x0 = self.x0(x, g)
+        return self.a_s * x0 + self.keep * (x - self.a_t * x0) / self.s_t
 
     def __call__(self, x: torch.Tensor, g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         out = self.mean(x, g)
@@ -65,6 +75,12 @@ class ReverseStep:
         if c > 0:
             out = out + c * torch.randn(x.shape, generator=gen, dtype=x.dtype, device=x.device)
         return out
+
+
+def ddim_step(x: torch.Tensor, g: torch.Tensor, a_t: Num, s_t: Num, a_s: Num, keep: Num) -> torch.Tensor:
+    """``alpha_s (x + sigma_t^2 g) / alpha_t - keep sigma_t g``: the step's mean without a clip,
+    with its coefficients as numbers or as 0-d tensors (inside a compiled graph)."""
+    return a_s * ((x + s_t**2 * g) / a_t) - keep * s_t * g
 
 
 def check_clip(clip: Any) -> tuple[float, float] | None:

@@ -55,11 +55,15 @@ def scene():
 _ENGINES: dict[tuple, AnnealedMCMC] = {}
 
 
-def engines(kernel: str, resample: str | None, compile: bool | str) -> AnnealedMCMC:
+def engines(
+    kernel: str, resample: str | None, compile: bool | str, reverse_step: bool = False
+) -> AnnealedMCMC:
     """One engine per configuration for the whole module (its compiled graphs are reused)."""
-    key = (kernel, resample, compile)
+    key = (kernel, resample, compile, reverse_step)
     if key not in _ENGINES:
-        _ENGINES[key] = AnnealedMCMC(kernel, STEPS, LEVELS, resample=resample, compile=compile)
+        _ENGINES[key] = AnnealedMCMC(
+            kernel, STEPS, LEVELS, resample=resample, compile=compile, reverse_step=reverse_step
+        )
     return _ENGINES[key]
 
 
@@ -101,6 +105,17 @@ def test_compiled_samples_agree_with_eager(scene, kernel, resample):
     _agree(fast, eager)
     again = engines(kernel, resample, True).run(scene, N, seed=3)  # the graphs are reused
     assert torch.equal(again["x"], fast["x"])
+
+
+@pytest.mark.parametrize("kernel,resample", [("ula", None), ("hmc", "ess")])
+def test_the_compiled_reverse_step_agrees_with_eager(scene, kernel, resample):
+    """With ``reverse_step`` the compiled target takes the DDPM step between levels and
+    evaluates its end in one graph (the weights then use both ends)."""
+    eager = AnnealedMCMC(kernel, STEPS, LEVELS, resample=resample, reverse_step=True).run(scene, N, seed=4)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "AnnealedMCMC.compile")
+        fast = engines(kernel, resample, True, reverse_step=True).run(scene, N, seed=4)
+    _agree(fast, eager)
 
 
 def test_a_factor_that_cannot_be_compiled_warns_once_and_runs_eagerly():

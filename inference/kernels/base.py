@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -89,7 +89,7 @@ class KernelState:
 
     def moved(self, x: torch.Tensor, grad: torch.Tensor, log_p: torch.Tensor | None) -> KernelState:
         """The same momentum at new positions."""
-        return replace(self, x=x, grad=grad, log_p=log_p)
+        return KernelState(x, grad, log_p, self.momentum)
 
 
 @dataclass(frozen=True)
