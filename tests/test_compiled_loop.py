@@ -190,3 +190,31 @@ def test_the_compiled_path_keeps_the_scenes_first_call_checks():
 
     with pytest.raises(ShapeError, match="factor 'wrong-shape'.*a score has the shape of its input"):
         AnnealedMCMC("ula", STEPS, LEVELS, compile="auto").run(_scene(_WrongShape()), N, seed=0)
+
+
+class _NanLate(pc.factors.ScoreFactor):
+    """A factor whose score is NaN below t = 0.3 (traceable: a ``where`` on the time)."""
+
+    def __init__(self) -> None:
+        self.inner = Gaussian([0.0, 0.0], [0.5, 1.0])
+        super().__init__(self.inner.event_shape, self.inner.schedule, "nan-late")
+
+    def score(self, y, t):
+        late = torch.as_tensor(t, dtype=torch.float64) < 0.3
+        return torch.where(late, torch.full_like(y, float("nan")), self.inner.score(y, t))
+
+
+@pytest.mark.parametrize("reverse_step", [False, True])
+def test_the_compiled_path_detects_nans_and_names_the_factor_as_eager(reverse_step):
+    """The level checks read the maxima the compiled graphs compute: the same error, same factor."""
+    from probcomp.errors import NumericalError
+
+    s = _scene(_NanLate())
+    messages = []
+    for compile in (False, True):
+        engine = AnnealedMCMC("ula", STEPS, LEVELS, compile=compile, reverse_step=reverse_step)
+        with warnings.catch_warnings(), pytest.raises(NumericalError, match="nan-late") as err:
+            warnings.filterwarnings("error", "AnnealedMCMC.compile")  # (no fallback to eager)
+            engine.run(s, N, seed=0)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
