@@ -8,10 +8,12 @@ a level's MCMC moves:
 * **the k transitions of a level** (:class:`CompiledLevels`): every kernel step -- the Langevin
   proposal or the momentum refresh and the leapfrog steps, each evaluation of the composed
   target, the Metropolis test and the selection -- and the Robbins-Monro adaptation of the step
-  size between them, as one graph per level (inductor fuses the elementwise work of a whole
-  trajectory; on CUDA, mode ``"reduce-overhead"`` replays it as one CUDA graph);
+  size between them, as one graph per level for small states of formula factors, else one
+  graph per transition (:func:`transitions_per_call`; inductor fuses the elementwise work of a
+  trajectory; on CUDA, mode ``"reduce-overhead"`` replays it as a CUDA graph);
 * **the target** (:class:`CompiledTarget`): the composed score and log-density of the scene on
-  flat particles, used between levels by the reverse step and the SMC weight increments.
+  flat particles, used between levels by the SMC weight increments, and with the DDPM step
+  between levels (``reverse_step=True``) in one graph with it.
 
 What stays eager, and why:
 
@@ -68,8 +70,8 @@ __all__ = [
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _BUILT_IN = (ULA, MALA, UHMC, HMC)
 #: transitions per compiled call: ``None`` compiles a level's ``k`` transitions as one graph, an
-#: integer ``m`` runs them as ``k / m`` calls of a graph of ``m``; ``"auto"``:
-#: :func:`transitions_per_call`.
+#: integer ``m`` (dividing ``k``) runs them as ``k / m`` calls of a graph of ``m``; ``"auto"``:
+#: :func:`transitions_per_call`, by the state's size.
 TRANSITIONS_PER_CALL: int | str | None = "auto"
 
 Flat = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -162,16 +164,22 @@ def _evaluations_per_step(kernel: Kernel) -> int:
     return moves + (test.points - 2 if isinstance(test, ScoreLineTest) else 0)
 
 
-def transitions_per_call(compiled: CompiledScene) -> int | None:
-    """A whole level per compiled call (``None``) where every factor is given by a formula, one
-    transition per call where a factor is a learned network.
+#: the largest state (particles x coordinates) whose level runs as one graph under ``"auto"``
+WHOLE_LEVEL_ELEMENTS = 1024
 
-    Each call of a compiled function has a fixed cost (guards, wrappers; about 30 µs on a CPU),
-    which dominates a level of cheap analytic factors at a few hundred particles.  A graph grows
-    with the transitions unrolled in it, and so does its compile time: seconds for formulas,
-    minutes for a network unrolled ``k`` times, whose evaluations dwarf the calls' cost anyway
-    (``benchmarks/loop_cost.py``)."""
-    return 1 if any(term.factor.learned for term in compiled.terms) else None
+
+def transitions_per_call(compiled: CompiledScene, x: torch.Tensor, steps: int) -> int:
+    """Transitions per compiled call under ``"auto"``: the whole level (``steps``) for a small
+    state of formula factors, else one.
+
+    Each call of a compiled function has a fixed cost (guards, wrappers: about 30 µs on a CPU)
+    that dominates a level's arithmetic for a few hundred particles of cheap analytic factors;
+    there one graph per level is faster.  For larger states a graph of one transition is
+    faster (inductor's kernels for a whole unrolled level run slower per transition), and a
+    learned network unrolled ``steps`` times would take minutes to compile, while its
+    evaluations dwarf the calls' cost anyway (``benchmarks/loop_cost.py``)."""
+    learned = any(term.factor.learned for term in compiled.terms)
+    return steps if not learned and x.numel() <= WHOLE_LEVEL_ELEMENTS else 1
 
 
 class _Compiled:
@@ -305,11 +313,12 @@ class CompiledTarget(_Compiled):
 
 
 class CompiledLevels(_Compiled):
-    """The ``k`` transitions of a level, with step-size adaptation, as one compiled call.
+    """The ``k`` transitions of a level, with step-size adaptation, in compiled calls of
+    :meth:`per_call` transitions each (the whole level, or one).
 
     :meth:`level` draws the level's random numbers eagerly, runs the compiled transitions and
-    returns ``(state, accept_probs, log_c)`` as the engine's eager loop computes them, or
-    ``None`` (generator restored) when the path is unavailable or compiling failed.
+    returns the new state, acceptance and ``log c`` as the engine's eager loop computes them,
+    or ``None`` (generator restored) when the path is unavailable or compiling failed.
     """
 
     def __init__(
@@ -323,7 +332,7 @@ class CompiledLevels(_Compiled):
         target_accept: float,
         option: bool | str,
         device: torch.device | str,
-        per_call: int | None = None,
+        per_call: int | str | None = "auto",
     ) -> None:
         super().__init__(option, device, f"the {kernel.name!r} transitions")
         self.kernel, self.target, self.k = kernel, target, int(steps)
@@ -336,11 +345,9 @@ class CompiledLevels(_Compiled):
         except _Unsupported as e:
             self.fail(str(e))
             return
-        # transitions per compiled call: the whole level, or one (then k calls of one graph)
-        whole = per_call is None or self.k % max(1, int(per_call)) != 0
-        self.per_call = max(1, self.k if whole else int(per_call))  # type: ignore[arg-type]
-        self.evaluations = self.per_call * _evaluations_per_step(kernel)
-        adjusted, m = kernel.adjusted, self.per_call
+        self.per_call_option = per_call
+        self.evaluations = self.k * _evaluations_per_step(kernel)  # (of a level)
+        adjusted = kernel.adjusted
         rate, goal = float(adapt_rate), float(target_accept)
         adapt = bool(adapt) and adjusted
 
@@ -356,14 +363,14 @@ class CompiledLevels(_Compiled):
             shift: torch.Tensor,
             accepted: torch.Tensor,
         ) -> tuple[Any, ...]:
-            """``m`` transitions from ``(x, grad, log_p, momentum)``; the step size is
+            """``len(zs)`` transitions from ``(x, grad, log_p, momentum)``; the step size is
             ``eps0 exp(shift)``, ``shift`` the change of ``log c`` since the level began (a
             tensor of its own: passing the level's ``log c`` twice would alias two inputs,
             and compile a second graph for it).  ``accepted`` sums each particle's acceptance
             probabilities over the level; ``top`` holds the largest ``|x|`` and ``|grad|``
             (NaN if any is NaN) for the engine's checks, computed here to save their dispatch."""
             state = KernelState(x, grad, log_p, momentum)
-            for j in range(m):
+            for j in range(len(zs)):
                 eps = eps0 * torch.exp(shift) if adapt else eps0
                 state, info = kernel.step_with(  # (a plain function: step_with reads no `energy`)
                     state,
@@ -380,7 +387,17 @@ class CompiledLevels(_Compiled):
             top = torch.stack([state.x.abs().amax(), state.grad.abs().amax()])
             return state.x, state.grad, state.log_p, state.momentum, shift, accepted, top
 
+        # one compiled function, whose graphs dynamo keeps per transitions per call (the
+        # length of zs) and per particle count
         self._fn = self.compile(transitions, f"levels_{id(self):x}")
+
+    def per_call(self, x: torch.Tensor) -> int:
+        """Transitions per compiled call for the state ``x`` (see :data:`TRANSITIONS_PER_CALL`)."""
+        option = self.per_call_option
+        if option == "auto":
+            return transitions_per_call(self.target.compiled, x, self.k)
+        m = self.k if option is None else max(1, int(option))
+        return m if self.k % m == 0 else self.k
 
     @property
     def available(self) -> bool:
@@ -396,7 +413,8 @@ class CompiledLevels(_Compiled):
         if not self.available:
             return None
         assert self._fn is not None
-        x, m = state.x, self.per_call
+        x = state.x
+        m = self.per_call(x)
         # the generator is restored if compiling fails (first call, or a new particle count)
         saved = generator.get_state() if self.calls == 0 or x.shape != self._shape else None
         self._shape = x.shape
@@ -428,7 +446,7 @@ class CompiledLevels(_Compiled):
             return None
         if saved is not None:  # (this level compiled its graph)
             self.compile_time += time.perf_counter() - start
-        _count(self.target.compiled, self.evaluations * (self.k // m))
+        _count(self.target.compiled, self.evaluations)
         self.calls += 1
         new_c = log_c + float(shift) if self.kernel.adjusted else log_c
         x1, g1, log_p1, p1 = cur
@@ -465,11 +483,7 @@ def fast_path(
         target_accept=target_accept,
         option=option,
         device=device,
-        per_call=(
-            transitions_per_call(target.compiled)
-            if TRANSITIONS_PER_CALL == "auto"
-            else cast("int | None", TRANSITIONS_PER_CALL)
-        ),
+        per_call=TRANSITIONS_PER_CALL,
     )
     flat = CompiledTarget(target, option, device, enabled=levels.available)
     flat.warned = levels.warned

@@ -107,6 +107,19 @@ def test_compiled_samples_agree_with_eager(scene, kernel, resample):
     assert torch.equal(again["x"], fast["x"])
 
 
+@pytest.mark.parametrize("kernel", ["mala", "hmc"])
+def test_one_transition_per_graph_agrees_with_eager(scene, kernel, monkeypatch):
+    """Larger states run a level as ``k`` calls of a one-transition graph (``"auto"``)."""
+    from probcomp.inference import compiled_loop
+
+    monkeypatch.setattr(compiled_loop, "WHOLE_LEVEL_ELEMENTS", 0)
+    eager = AnnealedMCMC(kernel, STEPS, LEVELS, resample="ess").run(scene, N, seed=5)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", "AnnealedMCMC.compile")
+        fast = AnnealedMCMC(kernel, STEPS, LEVELS, resample="ess", compile=True).run(scene, N, seed=5)
+    _agree(fast, eager)
+
+
 @pytest.mark.parametrize("kernel,resample", [("ula", None), ("hmc", "ess")])
 def test_the_compiled_reverse_step_agrees_with_eager(scene, kernel, resample):
     """With ``reverse_step`` the compiled target takes the DDPM step between levels and
