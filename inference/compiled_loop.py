@@ -164,22 +164,24 @@ def _evaluations_per_step(kernel: Kernel) -> int:
     return moves + (test.points - 2 if isinstance(test, ScoreLineTest) else 0)
 
 
-#: the largest state (particles x coordinates) whose level runs as one graph under ``"auto"``
-WHOLE_LEVEL_ELEMENTS = 1024
+#: the most arithmetic of a level (particles x coordinates x target evaluations) that runs as
+#: one graph under ``"auto"``
+WHOLE_LEVEL_WORK = 20000
 
 
-def transitions_per_call(compiled: CompiledScene, x: torch.Tensor, steps: int) -> int:
-    """Transitions per compiled call under ``"auto"``: the whole level (``steps``) for a small
-    state of formula factors, else one.
+def transitions_per_call(compiled: CompiledScene, x: torch.Tensor, steps: int, evaluations: int) -> int:
+    """Transitions per compiled call under ``"auto"``: the whole level (``steps``) when a level of
+    formula factors is little arithmetic (``x.numel()`` times its ``evaluations`` at most
+    :data:`WHOLE_LEVEL_WORK`), else one.
 
     Each call of a compiled function has a fixed cost (guards, wrappers: about 30 µs on a CPU)
     that dominates a level's arithmetic for a few hundred particles of cheap analytic factors;
-    there one graph per level is faster.  For larger states a graph of one transition is
+    there one graph per level is faster.  With more arithmetic a graph of one transition is
     faster (inductor's kernels for a whole unrolled level run slower per transition), and a
     learned network unrolled ``steps`` times would take minutes to compile, while its
     evaluations dwarf the calls' cost anyway (``benchmarks/loop_cost.py``)."""
     learned = any(term.factor.learned for term in compiled.terms)
-    return steps if not learned and x.numel() <= WHOLE_LEVEL_ELEMENTS else 1
+    return steps if not learned and x.numel() * evaluations <= WHOLE_LEVEL_WORK else 1
 
 
 class _Compiled:
@@ -347,7 +349,7 @@ class CompiledLevels(_Compiled):
             return
         self.per_call_option = per_call
         self.evaluations = self.k * _evaluations_per_step(kernel)  # (of a level)
-        adjusted = kernel.adjusted
+        adjusted, k = kernel.adjusted, self.k
         rate, goal = float(adapt_rate), float(target_accept)
         adapt = bool(adapt) and adjusted
 
@@ -384,7 +386,8 @@ class CompiledLevels(_Compiled):
                     accepted = accepted + info.accept_prob
                     if adapt:  # the engine's Robbins-Monro update of log c, in float64
                         shift = shift + rate * (info.accept_prob.mean().double() - goal) * 10
-            top = torch.stack([state.x.abs().amax(), state.grad.abs().amax()])
+            # (a whole level's graph; one transition's leaves it to the engine, once per level)
+            top = torch.stack([state.x.abs().amax(), state.grad.abs().amax()]) if len(zs) == k else None
             return state.x, state.grad, state.log_p, state.momentum, shift, accepted, top
 
         # one compiled function, whose graphs dynamo keeps per transitions per call (the
@@ -395,7 +398,7 @@ class CompiledLevels(_Compiled):
         """Transitions per compiled call for the state ``x`` (see :data:`TRANSITIONS_PER_CALL`)."""
         option = self.per_call_option
         if option == "auto":
-            return transitions_per_call(self.target.compiled, x, self.k)
+            return transitions_per_call(self.target.compiled, x, self.k, self.evaluations)
         m = self.k if option is None else max(1, int(option))
         return m if self.k % m == 0 else self.k
 
@@ -405,11 +408,12 @@ class CompiledLevels(_Compiled):
 
     def level(
         self, state: KernelState, t: float, step_size: float, log_c: float, generator: torch.Generator
-    ) -> tuple[KernelState, torch.Tensor | None, float, torch.Tensor] | None:
+    ) -> tuple[KernelState, torch.Tensor | None, float, torch.Tensor | None] | None:
         """The level's transitions from ``state`` at ``t``, starting at ``step_size`` (the eager
         loop's ``eps`` for ``log_c``): the new state, each particle's mean acceptance probability
         (``None`` without a Metropolis test), the new ``log c`` and the largest ``|x|`` and
-        ``|grad|`` of the new state; ``None`` when the engine must run them eagerly."""
+        ``|grad|`` of the new state (``None`` unless the level ran as one graph); ``None`` when
+        the engine must run them eagerly."""
         if not self.available:
             return None
         assert self._fn is not None
@@ -437,7 +441,8 @@ class CompiledLevels(_Compiled):
                     *cur, tuple(zs[j : j + m]), tuple(us[j : j + m]), tt, eps0, shift, accepted
                 )
                 cur = [self.keep(v) for v in cur]
-                shift, accepted, top = (cast(torch.Tensor, self.keep(v)) for v in (shift, accepted, top))
+                shift, accepted = (cast(torch.Tensor, self.keep(v)) for v in (shift, accepted))
+                top = self.keep(top)
         except Exception as e:  # not traceable: restore the draws, and the engine runs eagerly
             if saved is None:
                 raise
@@ -450,7 +455,7 @@ class CompiledLevels(_Compiled):
         self.calls += 1
         new_c = log_c + float(shift) if self.kernel.adjusted else log_c
         x1, g1, log_p1, p1 = cur
-        assert x1 is not None and g1 is not None and p1 is not None and top is not None
+        assert x1 is not None and g1 is not None and p1 is not None
         accept = accepted / self.k if self.kernel.adjusted else None
         return KernelState(x1, g1, log_p1, p1), accept, new_c, top
 

@@ -112,7 +112,7 @@ def test_one_transition_per_graph_agrees_with_eager(scene, kernel, monkeypatch):
     """Larger states run a level as ``k`` calls of a one-transition graph (``"auto"``)."""
     from probcomp.inference import compiled_loop
 
-    monkeypatch.setattr(compiled_loop, "WHOLE_LEVEL_ELEMENTS", 0)
+    monkeypatch.setattr(compiled_loop, "WHOLE_LEVEL_WORK", 0)
     eager = AnnealedMCMC(kernel, STEPS, LEVELS, resample="ess").run(scene, N, seed=5)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", "AnnealedMCMC.compile")
