@@ -479,7 +479,7 @@ def _loop_cost(r: Results) -> str:
         for x in r.data[f]["rows"]
         if x["factors"] == "ring_bar_2d"
     }
-    slow_why = ", ".join(f"{limit[g['kernel'], g['particles']]:.2f}x at {g['particles']}" for g in slow)
+    slow_why = " and ".join(f"{limit[g['kernel'], g['particles']]:.2f}x ({g['particles']})" for g in slow)
     over_text = f"; over 1.1x: {cases(over, 'compiled_over_reference')}" if over else ""
     slow_text = (
         f"  Under 3x: {cases(slow, 'eager_over_compiled')}.  There the hand-written reference itself is "
