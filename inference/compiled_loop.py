@@ -290,7 +290,7 @@ class CompiledTarget(_Compiled):
             new, g1, log_p, top = self._stepped(x, g, z, coef)
         except Exception as e:  # (the noise is drawn: the fallback continues from here, eagerly)
             self.fail(e)
-            new = step.mean(x, g) + c * z if c > 0 else step.mean(x, g)
+            new = step.mean(x, g) + c * z  # (z is 0 where c is)
             g1, log_p = self.eager(new, s)
             return new, g1, log_p, new.abs().amax()
         _count(self.compiled, 1)
